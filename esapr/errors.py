@@ -1,0 +1,8 @@
+"""The one exception type for problems the user can fix (bad input, missing files, bad options).
+
+The CLI prints its message as a single line and exits non-zero, without a traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; the message says what to do."""
