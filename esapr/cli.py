@@ -94,6 +94,8 @@ def cmd_options(argv: list[str]) -> int:
 COMMANDS: dict[str, str] = {
     "data": "esapr.cli:cmd_data",
     "options": "esapr.cli:cmd_options",
+    "train": "esapr.commands:cmd_train",
+    "evaluate": "esapr.commands:cmd_evaluate",
 }
 
 

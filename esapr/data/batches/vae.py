@@ -1,0 +1,80 @@
+"""ESAPR batches: the recency-weighted bag of items, built on the device (reference.md §3.5).
+
+A window of the last ``max_len`` items is right-aligned in ``label`` [B, N] (slot N-1 is the
+target); the bag [B, n_items+1] holds, for each item in slots 0..N-2, its slot weight.
+"""
+from __future__ import annotations
+
+import torch
+
+from esapr.data.batches import BatchBuilder, gather_windows
+
+
+def position_weights(weight_type: str, max_len: int, constant: float) -> torch.Tensor:
+    """w_j for slots j = 0..N-1, a function of d = N-1-j, the distance from the last slot."""
+    d = torch.arange(max_len - 1, -1, -1, dtype=torch.float32)
+    c = torch.tensor(constant, dtype=torch.float32)
+    if weight_type == "exp_stair":
+        return c ** -torch.floor(torch.log2(d + 0.5))
+    if weight_type == "exp":
+        return c ** -torch.log2(d + 0.5)
+    if weight_type == "linear":
+        return c * (torch.arange(max_len, dtype=torch.float32) + 1) / max_len
+    return torch.full((max_len,), float(constant))
+
+
+def last_occurrence(slots: torch.Tensor) -> torch.Tensor:
+    """True at the most recent slot of each distinct item in a row [B, S]."""
+    sorted_items, order = torch.sort(slots, dim=1, stable=True)
+    last = torch.ones_like(slots, dtype=torch.bool)
+    last[:, :-1] = sorted_items[:, 1:] != sorted_items[:, :-1]
+    return torch.zeros_like(last).scatter_(1, order, last)
+
+
+def build_bag(slots: torch.Tensor, weights: torch.Tensor, vocab: int, legacy: bool,
+              last: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense bag [B, vocab] from item indices ``slots`` [B, S] and per-slot ``weights`` [S].
+
+    legacy (the original): the pad index 0 is an item like any other, and an item seen several
+    times keeps the weight of its most recent slot (its non-accumulating ``+=``).
+    Fixed: padding is left out and repeated items add their weights.
+    """
+    w = weights.expand(slots.shape)
+    if legacy:
+        w = w * (last_occurrence(slots) if last is None else last)
+    else:
+        w = w * (slots != 0)
+    return torch.zeros(slots.shape[0], vocab, device=slots.device, dtype=weights.dtype).scatter_add_(1, slots, w)
+
+
+class VaeBatches(BatchBuilder):
+    def __init__(self, data, config, device):
+        super().__init__(data, config, device)
+        self.weights = position_weights(config.weight_type, config.max_len, config.weight_constant).to(device)
+        self.vocab = self.n_items + 1
+
+    def _batch(self, users, window_ends, generator=None) -> dict:
+        label = gather_windows(self.items, self.starts[users], window_ends, self.config.max_len)
+        slots = label[:, :-1]
+        last = last_occurrence(slots)
+        bag = build_bag(slots, self.weights[:-1], self.vocab, self.config.legacy_bag, last)
+        if generator is not None and self.config.aug_prob > 0:
+            bag = self._augment(bag, label, generator)
+        # slots + last let the model drop out each distinct bag item without a dense random mask
+        return {"label": label, "bag": bag, "slots": slots, "last": last}
+
+    def _augment(self, bag, label, generator) -> torch.Tensor:
+        """Halve the entries of slots drawn below aug/2, then double those drawn above 1-aug/2
+        (once per item, like the original's indexed multiply)."""
+        draws = torch.rand(label.shape, generator=generator, device=label.device)
+        half = self.config.aug_prob / 2
+        for hit, factor in ((draws < half, 0.5), (draws >= 1 - half, 2.0)):
+            touched = torch.zeros_like(bag).scatter_reduce_(1, label, hit.to(bag.dtype), "amax")
+            bag = torch.where(touched > 0, bag * factor, bag)
+        return bag
+
+    def train_batch(self, users, ends, generator) -> dict:
+        return self._batch(users, ends, generator)
+
+    def eval_batch(self, users, ends) -> dict:
+        return self._batch(users, ends + 1)

@@ -1,0 +1,147 @@
+"""ESAPR: Multi-VAE over a recency-weighted bag of items, trained with a weighted multinomial
+likelihood over the last ``recover_len`` window slots and transfer training (reference.md §4.1,
+§5.3, §5.5).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esapr.data.batches.vae import VaeBatches, position_weights
+from esapr.models import DataInfo, SequentialModel
+from esapr.training.schedule import Schedule, Transfer
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _stack(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i > 0 and activation != "none":
+            layers.append(ACTIVATIONS[activation]())
+        layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+class VAE(SequentialModel):
+    batch_builder = VaeBatches
+
+    def __init__(self, config, info: DataInfo):
+        super().__init__()
+        vocab = info.n_items + 1
+        hidden = list(config.encoder_hidden_layer or [])
+        self.latent = config.encode_len
+        self.max_len = config.max_len
+        self.legacy_bag = config.legacy_bag
+        self.scaled_loss = config.scaled_loss
+        self.normalize = nn.BatchNorm1d(vocab) if config.normalize_type == "batch" else None
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.encoder = _stack([vocab, *hidden, 2 * self.latent], "relu")
+        self.decoder = _stack([self.latent, *reversed(hidden), vocab], config.decoder_activation)
+        self.register_buffer("weights", position_weights(config.weight_type, config.max_len, config.weight_constant),
+                             persistent=False)
+        self.recover_len = config.max_len   # set by the schedule
+        self.kl_weight = 0.0                # set by the schedule
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):  # as vae-cf-pytorch
+                std = (2.0 / (layer.in_features + layer.out_features)) ** 0.5
+                nn.init.normal_(layer.weight, 0.0, std)
+                nn.init.normal_(layer.bias, 0.0, 0.001)
+
+    def encoder_input(self, batch: dict) -> torch.Tensor:
+        """Normalised bag with input dropout. With L2 normalisation the dropout mask is drawn per
+        distinct bag item ([B, S] draws instead of [B, n_items+1]; zeros stay zeros either way)."""
+        bag = batch["bag"]
+        if self.normalize is not None:
+            return self.input_dropout(self.normalize(bag))
+        norm = bag.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        p = self.input_dropout.p
+        if not self.training or p == 0:
+            return bag / norm
+        slots = batch["slots"]
+        kept = (torch.rand(slots.shape, device=bag.device) >= p) & batch["last"]
+        dropped = torch.zeros_like(bag).scatter_add_(1, slots, bag.gather(1, slots) * kept)
+        return dropped / (norm * (1 - p))
+
+    def forward(self, batch: dict):
+        h = self.encoder(self.encoder_input(batch))
+        mu, logvar = h[:, :self.latent], h[:, self.latent:]
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        return self.decoder(z), mu, logvar
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        logits, mu, logvar = self(batch)
+        r = self.recover_len
+        labels = batch["label"][:, -r:]
+        w = self.weights[-r:].expand_as(labels)
+        if not self.legacy_bag:
+            w = w * (labels != 0)
+        logp = torch.log_softmax(logits.float(), dim=1).gather(1, labels)
+        recon = (w * logp).sum(1)
+        if self.scaled_loss:
+            recon = recon * (self.weights.sum() / self.weights[-r:].sum())
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+        return -recon.mean() + self.kl_weight * kl.float().mean()
+
+    def scores(self, batch: dict) -> torch.Tensor:
+        return self(batch)[0]
+
+    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """As the original: items in the input window (and pad 0) are ruled out before ranking."""
+        scores = self.scores(batch) if scores is None else scores
+        scores = scores.masked_fill(batch["bag"] != 0, float("-inf"))
+        scores[:, 0] = float("-inf")
+        return scores.gather(1, batch["candidates"])
+
+    def make_schedule(self, config) -> Schedule:
+        return TransferSchedule(config)
+
+
+class TransferSchedule(Schedule):
+    """KL annealing (beta = min(cap, steps / total)) and transfer training: at each plateau
+    halve recover_len down to 1, optionally shrink dropout and reload the best weights."""
+
+    def __init__(self, config):
+        self.total_anneal_steps = config.total_anneal_steps
+        self.anneal_cap = config.anneal_cap
+        self.train_transfer = config.train_transfer
+        self.best_model_transfer = config.best_model_transfer
+        self.decrease_dropout = config.decrease_dropout
+        self.max_len = config.max_len
+        self.base_dropout = config.dropout
+        self.recover_len = config.max_len
+        self.update_count = 0
+
+    def _apply(self, model: VAE) -> None:
+        model.recover_len = self.recover_len
+        if self.decrease_dropout:
+            model.input_dropout.p = self.base_dropout * self.recover_len / self.max_len
+
+    def before_step(self, model: VAE) -> None:
+        if self.total_anneal_steps > 0:
+            model.kl_weight = min(self.anneal_cap, self.update_count / self.total_anneal_steps)
+        else:
+            model.kl_weight = self.anneal_cap
+        self.update_count += 1
+
+    def on_plateau(self, model: VAE) -> Transfer | None:
+        if not self.train_transfer or self.recover_len <= 1:
+            return None
+        self.recover_len //= 2
+        self._apply(model)
+        return Transfer(self.best_model_transfer, f"recover_len -> {self.recover_len}")
+
+    def log_values(self) -> dict:
+        beta = (min(self.anneal_cap, self.update_count / self.total_anneal_steps)
+                if self.total_anneal_steps > 0 else self.anneal_cap)
+        return {"recover_len": self.recover_len, "kl_weight": beta}
+
+    def state_dict(self) -> dict:
+        return {"recover_len": self.recover_len, "update_count": self.update_count}
+
+    def load_state_dict(self, state: dict, model: VAE) -> None:
+        self.recover_len = int(state["recover_len"])
+        self.update_count = int(state["update_count"])
+        self._apply(model)

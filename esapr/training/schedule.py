@@ -1,0 +1,34 @@
+"""Model-specific schedules the trainer calls without knowing the model.
+
+The default does nothing and stops at the first plateau. ESAPR's schedule (KL annealing and
+the recover_len halving of transfer training) lives beside its model in ``models/vae.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Transfer:
+    """What a schedule asks for at a plateau instead of stopping."""
+    reload_best: bool
+    message: str
+
+
+class Schedule:
+    def before_step(self, model) -> None:
+        """Called before each optimizer step (e.g. to set the KL weight)."""
+
+    def on_plateau(self, model) -> Transfer | None:
+        """Validation stopped improving: start a new stage (a Transfer) or stop (None)."""
+        return None
+
+    def log_values(self) -> dict:
+        """Extra columns for the training log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict, model) -> None:
+        """Restore the schedule's state and apply it to the model."""
