@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from esapr.config import Config
-from esapr.data.download import ensure_raw
 from esapr.data.negatives import cached_negatives
 from esapr.data.sequences import Sequences, build_sequences
 from esapr.data.sources import SOURCES, DatasetSource, file_fingerprint, read_user_file
@@ -68,6 +67,7 @@ def load_sequences(config: Config) -> tuple[Sequences, Path, Path | None]:
     if config.data_file:
         raw = read_user_file(Path(config.data_file))
     else:
+        from esapr.data.download import ensure_raw
         source: DatasetSource = SOURCES[config.dataset_code]
         raw = source.reader(ensure_raw(source, Path(config.local_data_folder), config.data_url))
     sequences = build_sequences(raw, config.min_rating, config.min_sc, config.min_uc)
