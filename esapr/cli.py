@@ -22,8 +22,8 @@ commands:
   data prepare   download, preprocess and sample negatives ahead of training
   train          train a model: esapr train --templates train_vae [--option value ...]
   evaluate       re-evaluate a saved experiment: --experiment PATH [--split val|test]
-  results        table of experiments: --root ROOT [--png FILE] [--split test]
-  recommend      top-k for a user: --experiment PATH --user ID [-k 10]
+  results        table of experiments: --root ROOT [--png FILE] [--split test|val] [--curves DIR]
+  recommend      top-k for a user: --experiment PATH --user ID [-k 10] (or --items ID ... for a new history)
   options        list every option with its default and help
 
 templates: {templates}
@@ -53,6 +53,8 @@ def parse_options(argv: list[str], extra: tuple[str, ...] = ()) -> tuple[dict[st
         if name == "resume_training":
             name = "resume"
         is_list = name in OPTIONS and "list" in str(OPTIONS[name].type)
+        if not values and name not in extra and name in OPTIONS and "bool" not in str(OPTIONS[name].type):
+            raise UserError(f"option '--{name}' needs a value (--{name} VALUE)")
         target[name] = True if not values else values if is_list or len(values) > 1 else values[0]
     return overrides, flags
 
@@ -66,10 +68,10 @@ def _config_from(argv: list[str], extra: tuple[str, ...] = ()):
 
 
 def cmd_data(argv: list[str]) -> int:
-    from esapr.data.prepare import load_sequences, prepare_data
     if not argv or argv[0] not in ("stats", "prepare"):
         raise UserError("usage: esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]")
     config, flags = _config_from(argv[1:], extra=("json",))
+    from esapr.data.prepare import load_sequences, prepare_data  # after the options: a typo fails fast
     if argv[0] == "stats":
         sequences, folder, _ = load_sequences(config)
         stats = sequences.stats()
@@ -96,6 +98,8 @@ COMMANDS: dict[str, str] = {
     "options": "esapr.cli:cmd_options",
     "train": "esapr.commands:cmd_train",
     "evaluate": "esapr.commands:cmd_evaluate",
+    "results": "esapr.results:cmd_results",
+    "recommend": "esapr.recommend:cmd_recommend",
 }
 
 

@@ -1,0 +1,172 @@
+"""Notebook helpers: Google Drive, downloads, runtime checks, and the automatic resume decision.
+
+Everything Colab-specific is a no-op outside Colab that says so in one line, so the notebooks
+run top to bottom on any machine with local folders.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from esapr.errors import UserError
+
+DRIVE_MOUNTPOINT = "/content/drive"
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    if "google.colab" in sys.modules:
+        return True
+    try:
+        import google.colab  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _drive_module():
+    from google.colab import drive  # only inside Colab
+    return drive
+
+
+def mount_drive(mountpoint: str = DRIVE_MOUNTPOINT) -> Path | None:
+    """Mount Google Drive and return its "MyDrive" folder; outside Colab do nothing and return None.
+
+    A Drive that cannot be mounted inside Colab is a UserError with one line saying what to do."""
+    if not in_colab():
+        print("Not running in Colab: Google Drive is not mounted; results stay in local folders.")
+        return None
+    my_drive = Path(mountpoint) / "MyDrive"
+    if not my_drive.is_dir():
+        try:
+            _drive_module().mount(mountpoint)
+        except Exception as error:  # the Colab client raises plain exceptions (e.g. access denied)
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"Google Drive could not be mounted at {mountpoint} ({first}); run the cell "
+                            f"again and allow access, or set USE_DRIVE = False to keep results on "
+                            f"the runtime's disk") from None
+    if not my_drive.is_dir():
+        raise UserError(f"Google Drive is not mounted: {my_drive} does not exist; run the Drive cell "
+                        f"again or set USE_DRIVE = False")
+    print(f"Google Drive mounted: {my_drive}")
+    return my_drive
+
+
+def check_drive_path(path) -> Path:
+    """Refuse a folder on /content/drive when Drive is not mounted (it would vanish with the runtime)."""
+    path = Path(path)
+    mount = Path(DRIVE_MOUNTPOINT)
+    if in_colab() and (path == mount or mount in path.parents) and not (mount / "MyDrive").is_dir():
+        raise UserError(f"{path} is on Google Drive but Drive is not mounted; run the Drive cell first "
+                        f"(USE_DRIVE = True) or choose a local folder")
+    return path
+
+
+def unmount_drive(mountpoint: str = DRIVE_MOUNTPOINT) -> None:
+    """Flush pending writes to Drive and unmount it (Colab); outside Colab say so and return."""
+    if not in_colab():
+        print("Not running in Colab: no Google Drive to flush or unmount.")
+        return
+    if not (Path(mountpoint) / "MyDrive").is_dir():
+        print("Google Drive is not mounted; nothing to flush.")
+        return
+    _drive_module().flush_and_unmount()
+    print("Google Drive flushed and unmounted; the results are saved on Drive.")
+
+
+def offer_download(path) -> Path:
+    """Start a browser download of ``path`` in Colab; elsewhere just say where the file is."""
+    path = Path(path)
+    if in_colab():
+        from google.colab import files
+        files.download(str(path))
+        print(f"Downloading {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+    else:
+        print(f"Saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
+
+
+def zip_experiment(path, destination) -> Path:
+    """``destination``/<group>-<name>.zip holding the experiment folder (made elsewhere first, so
+    a zip never contains itself)."""
+    path = Path(path)
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    base = destination / f"{path.parent.name}-{path.name}"
+    return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
+
+
+def gpu_report() -> str:
+    """One line on the accelerator, with advice when there is none."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed yet; the install cell brings it"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB"
+    if in_colab():
+        return ("No GPU in this runtime: choose Runtime > Change runtime type > GPU, then run all cells "
+                "again (on CPU, ML-1M takes hours; ml-100k or a few epochs work)")
+    return "No GPU: training runs on the CPU (fine for ml-100k or a few epochs; ML-1M takes hours)"
+
+
+def plan_run(config, overwrite: bool = False):
+    """Decide what a notebook does with the chosen experiment folder. Returns (action, config):
+
+    * ``start``: nothing there yet; train from scratch;
+    * ``resume``: an unfinished run with a checkpoint; train with ``resume=True``;
+    * ``show``: a finished run; nothing to train (unless ``overwrite``);
+    * ``overwrite``: replace what is there (asked for, or an unfinished run without a checkpoint).
+    """
+    import dataclasses
+
+    from esapr.experiment import Experiment, experiment_path
+
+    experiment = Experiment(experiment_path(config))
+    status = experiment.status()
+    if status is None and not (experiment.path / "config.json").is_file():
+        return "start", dataclasses.replace(config, resume=False, overwrite=False)
+    if overwrite:
+        return "overwrite", dataclasses.replace(config, resume=False, overwrite=True)
+    if status == "finished":
+        return "show", config
+    if experiment.recent_checkpoint.is_file():
+        return "resume", dataclasses.replace(config, resume=True, overwrite=False)
+    return "overwrite", dataclasses.replace(config, resume=False, overwrite=True)
+
+
+def run_or_resume(config, overwrite: bool = False, progress: bool = True, data=None) -> dict:
+    """Train, resume an interrupted run, or read a finished one (see ``plan_run``); the results."""
+    from esapr.experiment import Experiment, experiment_path
+    from esapr.training.trainer import train
+
+    action, config = plan_run(config, overwrite)
+    path = experiment_path(config)
+    messages = {
+        "start": f"Training a new run in {path}",
+        "resume": f"Resuming the unfinished run in {path} from its last checkpoint",
+        "show": f"{path} holds a finished run; showing it (set OVERWRITE = True to train again)",
+        "overwrite": f"Starting {path} again from scratch",
+    }
+    print(messages[action])
+    if action == "show":
+        return Experiment(path).read_results()
+    return train(config, data=data, progress=progress)
+
+
+def _show_user_error(shell, etype, value, tb, tb_offset=None):
+    print(f"esapr: error: {value}", file=sys.stderr)
+
+
+def setup_notebook() -> None:
+    """In IPython, show esapr's UserErrors as one line (no traceback); the cell still fails."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((UserError,), _show_user_error)
+

@@ -1,0 +1,195 @@
+"""The notebooks run top to bottom (nbclient, kernel "python3") on a tiny synthetic dataset, and the
+notebook helpers (Drive outside/inside Colab, the automatic resume decision) behave."""
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from esapr.colab import check_drive_path, in_colab, mount_drive, plan_run, unmount_drive, zip_experiment
+from esapr.config import build_config
+from esapr.errors import UserError
+from tests.synthetic import write_ratings_csv
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+TINY = {"max_len": 16, "train_window": 2, "train_batch_size": 64, "val_batch_size": 64, "test_batch_size": 64,
+        "encoder_hidden_layer": [32], "encode_len": 16, "hidden_units": 16, "num_blocks": 1,
+        "test_negative_sample_size": 20, "saturation_wait_epochs": 1}
+
+
+def execute(path: Path, cwd: Path, timeout: int = 240):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def text_of(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def nb_env(tmp_path_factory):
+    """Environment for the notebook kernels: tiny data, tiny models, 2 epochs, local folders."""
+    base = tmp_path_factory.mktemp("notebooks")
+    data_file = write_ratings_csv(base / "ratings.csv", n_users=80, n_items=40)
+    env = {
+        "ESAPR_NB_DATA_FILE": str(data_file), "ESAPR_NB_DATA_FOLDER": str(base / "data"),
+        "ESAPR_NB_EXPERIMENT_ROOT": str(base / "experiments"), "ESAPR_NB_EPOCHS": "2",
+        "ESAPR_NB_TEMPLATES": "train_vae", "ESAPR_NB_OVERRIDES": json.dumps(TINY), "ESAPR_NB_USE_DRIVE": "false",
+        "ESAPR_NB_DEVICE": "cpu", "ESAPR_NB_USER": "1", "MPLBACKEND": "Agg",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield base
+
+
+@pytest.fixture(scope="module")
+def esapr_run(nb_env):
+    nb = execute(REPO / "ESAPR.ipynb", nb_env)
+    return nb_env, nb
+
+
+def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
+    base, nb = esapr_run
+    root = base / "experiments"
+    experiment = root / "test" / "vae"
+    assert (experiment / "status").read_text().strip() == "finished"
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["epochs"] == 2
+    for png in (root / "results_table.png", experiment / "curves.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG", png
+    assert (root / "test-vae.zip").stat().st_size > 1000
+    out = text_of(nb)
+    assert "Training a new run" in out and "Not running in Colab" in out
+    assert "top-10 for user 1" in out and "NDCG@10" in out
+
+
+def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
+    base, _ = esapr_run
+    experiment = base / "experiments" / "test" / "vae"
+    before = (experiment / "models" / "best_model.pth").stat().st_mtime_ns
+    nb = execute(REPO / "ESAPR.ipynb", base)
+    assert "holds a finished run; showing it" in text_of(nb)
+    assert (experiment / "models" / "best_model.pth").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
+    base, _ = esapr_run
+    monkeypatch.setenv("ESAPR_NB_COMPARE_TEMPLATES", "train_vae_net,train_vae_tr,train_vae,train_bert")
+    monkeypatch.setenv("ESAPR_NB_EXPERIMENT", str(base / "experiments" / "test" / "vae"))
+    nb = execute(notebook, base)
+    out = text_of(nb)
+    if notebook.stem == "compare_models":
+        group = base / "experiments" / "compare"
+        assert (group / "comparison_table.png").read_bytes()[:4] == b"\x89PNG"
+        for name in ("vae_net", "vae_tr", "vae", "bert"):
+            assert (group / name / "curves.png").is_file(), name
+            assert (group / name / "status").read_text().strip() == "finished"
+    if notebook.stem == "inspect_experiment":
+        experiment = base / "experiments" / "test" / "vae"
+        assert (experiment / "rank_distribution.png").read_bytes()[:4] == b"\x89PNG"
+        assert "the top-10" in out
+
+
+def test_notebook_lists_every_step_as_a_titled_form_cell():
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(REPO / "ESAPR.ipynb", as_version=4)
+    assert "colab.research.google.com/github/esapr-dev/esapr/blob/main/ESAPR.ipynb" in nb.cells[0].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.source.startswith("#@title") for c in code)
+    titles = [c.source.splitlines()[0].lower() for c in code]
+    order = ["settings", "gpu", "install", "drive", "download", "train", "results table", "recommendations",
+             "zip", "unmount"]
+    positions = [next(i for i, t in enumerate(titles) if word in t) for word in order]
+    assert positions == sorted(positions), titles
+    assert "unmount_drive()" in code[-1].source
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def test_drive_outside_colab_is_a_one_line_no_op(capsys, tmp_path):
+    assert not in_colab()
+    assert mount_drive() is None
+    unmount_drive()
+    out = capsys.readouterr().out
+    assert out.count("\n") == 2 and "Not running in Colab" in out
+    assert check_drive_path(tmp_path) == tmp_path
+
+
+@pytest.fixture()
+def fake_colab(monkeypatch, tmp_path):
+    """A google.colab stand-in whose drive.mount fails, and a mount point without MyDrive."""
+    drive = types.SimpleNamespace(mount=lambda path: (_ for _ in ()).throw(ValueError("mount failed: denied\nmore")),
+                                  flushed=[])
+    drive.flush_and_unmount = lambda: drive.flushed.append(True)
+    colab = types.ModuleType("google.colab")
+    colab.drive = drive
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setattr("esapr.colab.DRIVE_MOUNTPOINT", str(tmp_path / "drive"))
+    monkeypatch.setattr("esapr.colab._drive_module", lambda: drive)
+    return drive
+
+
+def test_missing_drive_inside_colab_is_one_clear_line(fake_colab, tmp_path, capsys):
+    assert in_colab()
+    mountpoint = tmp_path / "drive"
+    unmount_drive(str(mountpoint))
+    assert not fake_colab.flushed and "not mounted" in capsys.readouterr().out
+    with pytest.raises(UserError) as error:
+        mount_drive(str(mountpoint))
+    assert "could not be mounted" in str(error.value) and "\n" not in str(error.value)
+    assert "mount failed: denied" in str(error.value)
+    with pytest.raises(UserError, match="Drive is not mounted"):
+        check_drive_path(mountpoint / "MyDrive" / "esapr")
+    (mountpoint / "MyDrive").mkdir(parents=True)
+    assert mount_drive(str(mountpoint)) == mountpoint / "MyDrive"   # already mounted: no mount call
+    assert check_drive_path(mountpoint / "MyDrive" / "esapr").name == "esapr"
+    unmount_drive(str(mountpoint))
+    assert fake_colab.flushed == [True]
+
+
+def _config(tmp_path, **extra):
+    return build_config(["train_vae"], dict(experiment_root=str(tmp_path), experiment_name="run", **extra))
+
+
+def test_plan_run_decides_start_resume_show_overwrite(tmp_path):
+    folder = tmp_path / "test" / "run"
+    assert plan_run(_config(tmp_path))[0] == "start"
+    (folder / "models").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "status").write_text("running\n")
+    assert plan_run(_config(tmp_path))[0] == "overwrite"          # unfinished, nothing to resume from
+    (folder / "models" / "recent_checkpoint.pth").write_bytes(b"x")
+    action, config = plan_run(_config(tmp_path))
+    assert action == "resume" and config.resume and not config.overwrite
+    (folder / "status").write_text("interrupted\n")
+    assert plan_run(_config(tmp_path))[0] == "resume"
+    (folder / "status").write_text("finished\n")
+    action, config = plan_run(_config(tmp_path))
+    assert action == "show" and not config.resume
+    action, config = plan_run(_config(tmp_path), overwrite=True)
+    assert action == "overwrite" and config.overwrite and not config.resume
+
+
+def test_zip_experiment_holds_the_folder(tmp_path):
+    import zipfile
+    folder = tmp_path / "root" / "group" / "name"
+    (folder / "tables").mkdir(parents=True)
+    (folder / "tables" / "val_log.csv").write_text("epoch\n1\n")
+    archive = zip_experiment(folder, tmp_path / "root")
+    assert archive == tmp_path / "root" / "group-name.zip"
+    assert zipfile.ZipFile(archive).namelist() == ["name/", "name/tables/", "name/tables/val_log.csv"]
