@@ -6,6 +6,7 @@ re-preprocesses and changing ``min_uc`` always does.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def load_sequences(config: Config) -> tuple[Sequences, Path, Path | None]:
     if path.is_file():
         try:
             return Sequences.load(path), folder, raw_folder
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             path.unlink()  # a damaged cache is rebuilt, never used
     if config.data_file:
         raw = read_user_file(Path(config.data_file))

@@ -57,8 +57,10 @@ class Sequences:
 
         ``train``: the exclusive end of the training history (= the validation answer's index).
         """
-        ends = self.offsets[1:]
-        return ends - (1 if split == "test" else 2)
+        back = {"train": 2, "val": 2, "validation": 2, "test": 1}.get(split)
+        if back is None:
+            raise ValueError(f"unknown split '{split}'; use train, val or test")
+        return self.offsets[1:] - back
 
     def item_index(self) -> dict:
         """Original item id -> dense id."""
@@ -100,35 +102,90 @@ def _id_array(values: np.ndarray) -> np.ndarray:
     return values.astype(str)
 
 
+def _codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row, sorted unique ids): ``uniques[codes] == ids``.
+
+    Integer ids in a compact range (MovieLens: up to ~131k) use a bincount table, O(n); other ids
+    (strings, huge integers) a sorting factorize."""
+    if ids.dtype.kind in "iu" and len(ids):
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo >= 0 and hi < max(4 * len(ids), 1 << 22):       # index by the id itself: no shifted copy
+            lo, shifted = 0, ids
+        elif hi - lo < max(4 * len(ids), 1 << 22):
+            shifted = ids - lo
+        else:
+            shifted = None
+        if shifted is not None:
+            present = np.bincount(shifted, minlength=hi - lo + 1) > 0
+            table = np.cumsum(present, dtype=np.int64) - 1
+            dtype = np.int32 if int(table[-1]) < 2**31 - 1 else np.int64
+            return table.astype(dtype)[shifted], np.flatnonzero(present) + lo
+    codes, uniques = pd.factorize(ids, sort=True)
+    return codes, np.asarray(uniques)
+
+
+def _dense(codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber codes 0..n_codes-1 to 0..k-1 keeping only those present: (new codes, kept old codes)."""
+    present = np.bincount(codes, minlength=n_codes) > 0
+    table = np.cumsum(present, dtype=np.int64) - 1
+    return table.astype(np.int32 if len(present) < 2**31 else np.int64)[codes], np.flatnonzero(present)
+
+
 def build_sequences(raw: RawInteractions, min_rating: float = 0, min_sc: int = 5, min_uc: int = 5) -> Sequences:
     """reference.md §1.2: rating filter, item filter, then user filter (one pass each),
-    sorted-unique dense ids, stable (timestamp, file order) sort per user."""
+    sorted-unique dense ids, stable (timestamp, file order) sort per user.
+
+    Vectorised, O(n) apart from one stable sort: ML-20M size (20M rows) in a few seconds."""
     if min_uc < 3:
         raise UserError(f"min_uc must be at least 3 for leave_one_out (a training, a validation and a test item), got {min_uc}")
-    keep = np.ones(len(raw), dtype=bool)
+    item_codes, item_uniques = _codes(np.asarray(raw.item))
+    user_codes, user_uniques = _codes(np.asarray(raw.user))
+    keep = None
     if raw.rating is not None and min_rating > 0:
-        keep &= raw.rating >= min_rating
-    item_codes, item_uniques = pd.factorize(raw.item, sort=True)
+        keep = np.asarray(raw.rating) >= min_rating
     if min_sc > 0:
-        item_counts = np.bincount(item_codes[keep], minlength=len(item_uniques))
-        keep &= item_counts[item_codes] >= min_sc
-    user_codes, user_uniques = pd.factorize(raw.user, sort=True)
-    user_counts = np.bincount(user_codes[keep], minlength=len(user_uniques))
-    keep &= user_counts[user_codes] >= max(min_uc, 3)
-    if not keep.any():
-        raise UserError(f"no interactions left after filtering (min_rating={min_rating}, min_sc={min_sc}, "
-                        f"min_uc={min_uc}); lower the thresholds or use a larger dataset")
+        counts = np.bincount(item_codes if keep is None else item_codes[keep], minlength=len(item_uniques))
+        item_ok = (counts >= min_sc)[item_codes]
+        keep = item_ok if keep is None else keep & item_ok
+        del item_ok
+    counts = np.bincount(user_codes if keep is None else user_codes[keep], minlength=len(user_uniques))
+    user_ok = (counts >= min_uc)[user_codes]
+    keep = user_ok if keep is None else keep & user_ok
+    del user_ok
     rows = np.flatnonzero(keep)
-    kept_items, item_dense = np.unique(item_codes[rows], return_inverse=True)
-    kept_users, user_dense = np.unique(user_codes[rows], return_inverse=True)
-    timestamps = raw.timestamp[rows].astype(np.int64)
-    order = np.lexsort((timestamps, user_dense))  # stable: ties keep file order
+    del keep
+    if len(rows) == 0:
+        raise UserError(f"no interactions left after filtering (min_rating={min_rating:g}, min_sc={min_sc}, "
+                        f"min_uc={min_uc}) of {len(raw)} rows; lower the thresholds or use a larger dataset")
+    items, kept_items = _dense(item_codes[rows], len(item_uniques))
+    del item_codes
+    users, kept_users = _dense(user_codes[rows], len(user_uniques))
+    del user_codes
+    timestamps = np.asarray(raw.timestamp)[rows].astype(np.int64, copy=False)
+    del rows
+    order = _user_time_order(users, timestamps, len(kept_users))
     offsets = np.zeros(len(kept_users) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(user_dense, minlength=len(kept_users)), out=offsets[1:])
+    np.cumsum(np.bincount(users, minlength=len(kept_users)), out=offsets[1:])
+    del users
     return Sequences(
         offsets=offsets,
-        items=(item_dense[order] + 1).astype(np.int32),
+        items=(items[order] + 1).astype(np.int32),
         timestamps=timestamps[order],
         user_ids=_id_array(np.asarray(user_uniques)[kept_users]),
         item_ids=_id_array(np.asarray(item_uniques)[kept_items]),
     )
+
+
+def _user_time_order(users: np.ndarray, timestamps: np.ndarray, n_users: int) -> np.ndarray:
+    """Row order by (user, timestamp, file order): one stable sort of a packed int64 key when the
+    user and time ranges fit in 63 bits (always for real data), else a lexsort."""
+    if len(timestamps) == 0:
+        return np.zeros(0, dtype=np.int64)
+    t_min = int(timestamps.min())
+    t_bits = max(1, (int(timestamps.max()) - t_min).bit_length())
+    u_bits = max(1, int(n_users).bit_length())
+    if t_bits + u_bits <= 63:
+        key = np.subtract(timestamps, t_min)
+        key |= np.left_shift(users, t_bits, dtype=np.int64)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((timestamps, users))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,45 +42,109 @@ class DatasetSource:
     titles: Callable[[Path], dict] | None = None  # folder -> {original item id: title}
 
 
-def _fail(path: Path, problem: str, fix: str = "check the file or delete it to download it again") -> UserError:
+def _fail(path: Path, problem: str, fix: str = "fix the file, or delete it to download it again") -> UserError:
     return UserError(f"{path}: {problem}; {fix}")
 
 
-def _read_table(path: Path, columns: list[str], required: list[str], *, sep: str = ",", header: bool = False,
-                usecols=None, str_ids: bool = False, **kwargs) -> pd.DataFrame:
-    """Read a delimited file into named columns, with one-line errors for the usual breakage."""
+ID, STR_ID, FLOAT, INT, TEXT, EMPTY, SKIP = "id", "str_id", "float", "int", "text", "empty", "skip"
+_FAST_DTYPES = {ID: np.int64, STR_ID: str, FLOAT: np.float64, INT: np.int64, TEXT: str, EMPTY: np.float64}
+_DIAGNOSE_CHUNK = 200_000
+
+
+def _check_file(path: Path, fix: str) -> None:
     if not path.is_file():
-        raise _fail(path, "file not found", "place it there or let esapr download it")
+        raise _fail(path, "file not found", "place it there or let esapr download it"
+                    if fix.endswith("download it again") else fix)
     if path.stat().st_size == 0:
-        raise _fail(path, "the file is empty")
-    dtype = {c: str for c in ("user", "item")} if str_ids else None
+        raise _fail(path, "the file is empty", fix)
+
+
+def _read_table(path: Path, spec: dict[str, str], *, sep: str = ",", header: bool = False,
+                fix: str = "fix the file, or delete it to download it again") -> pd.DataFrame:
+    """Read a delimited file whose columns are ``spec`` (name -> kind), in order.
+
+    Kinds: ``id`` (integer id), ``str_id`` (id kept as text), ``float``, ``int``, ``text`` (any
+    non-empty text), ``empty`` (a separator column that must stay empty, e.g. the gaps of ml-1m's
+    ``::``), ``skip`` (not read). The fast path parses with the C engine and explicit dtypes (no
+    type inference, no copies); only empty fields count as missing (an id may read "NA"). Anything
+    it cannot parse is diagnosed chunk by chunk to a one-line UserError naming line and column."""
+    _check_file(path, fix)
+    names = list(spec)
+    used = [n for n, k in spec.items() if k != SKIP]
     try:
-        frame = pd.read_csv(path, sep=sep, header=0 if header else None, names=None if header else columns,
-                            usecols=usecols, dtype=dtype, engine="c", skip_blank_lines=True, **kwargs)
-    except pd.errors.EmptyDataError:
-        raise _fail(path, "the file is empty") from None
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as error:
-        raise _fail(path, f"cannot be parsed ({str(error).strip().splitlines()[0]})") from None
-    if header:
-        frame.columns = columns[: len(frame.columns)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)   # extra fields: diagnose
+            frame = pd.read_csv(path, sep=sep, header=0 if header else None, names=names, index_col=False,
+                                usecols=used if len(used) < len(names) else None,
+                                dtype={n: _FAST_DTYPES[k] for n, k in spec.items() if k != SKIP}, engine="c",
+                                keep_default_na=False, na_values={n: [""] for n in used},  # "NA" may be an id
+                                skip_blank_lines=True)
+    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError):
+        raise _diagnose(path, spec, sep, header, fix) from None
     if len(frame) == 0:
-        raise _fail(path, "the file has no rows")
-    for name in required:
-        if name not in frame.columns or frame[name].isna().all():
-            raise _fail(path, f"missing column '{name}' (expected {', '.join(columns)})")
-        missing = frame[name].isna().to_numpy()
-        if missing.any():
-            line = int(np.argmax(missing)) + 1 + int(header)
-            raise _fail(path, f"line {line} has no value in column '{name}' (truncated or malformed row)")
-    for name in ("rating", "timestamp") if not str_ids else ("timestamp",):
-        if name in frame.columns and not pd.api.types.is_numeric_dtype(frame[name]):
-            bad = pd.to_numeric(frame[name], errors="coerce").isna().to_numpy()
-            line = int(np.argmax(bad)) + 1 + int(header)
-            raise _fail(path, f"column '{name}' must be numeric, line {line} has '{frame[name].iloc[line - 1 - int(header)]}'")
-    for name in ("user", "item") if not str_ids else ():
-        if not pd.api.types.is_integer_dtype(frame[name]):
-            raise _fail(path, f"column '{name}' must hold integer ids")
-    return frame
+        raise _fail(path, "the file has no rows" + (" after its header" if header else ""), fix)
+    # NaN (an empty field) can only get through in float and text columns
+    for name, kind in spec.items():
+        if kind in (FLOAT, STR_ID, TEXT) and frame[name].isna().any() or kind == EMPTY and frame[name].notna().any():
+            raise _diagnose(path, spec, sep, header, fix)
+    return frame.drop(columns=[n for n, k in spec.items() if k == EMPTY])
+
+
+def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str) -> UserError:
+    """The first problem in the file, as a UserError (chunked, so a big file stays cheap in memory)."""
+    names = list(spec)
+    shown = [n for n, k in spec.items() if k not in (EMPTY, SKIP)]
+    layout = (sep * 2).join(shown) if EMPTY in spec.values() else ("\\t" if sep == "\t" else sep).join(shown)
+    first_line = 1 + int(header)
+    try:
+        chunks = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
+                             index_col=False, engine="c", skip_blank_lines=True, chunksize=_DIAGNOSE_CHUNK)
+        for number, chunk in enumerate(chunks):
+            base = first_line + number * _DIAGNOSE_CHUNK
+            if chunk.shape[1] != len(names) and EMPTY in spec.values():
+                return _fail(path, f"line {base} is not {layout}", fix)
+            if chunk.shape[1] < len(names):
+                missing = names[chunk.shape[1]:]
+                missing = [n for n in missing if spec[n] not in (EMPTY, SKIP)] or missing
+                return _fail(path, f"missing column '{missing[0]}' (expected {layout} on every line)", fix)
+            if chunk.shape[1] > len(names):
+                return _fail(path, f"{chunk.shape[1]} columns, expected {len(names)} ({layout})", fix)
+            chunk.columns = names
+            for name, kind in spec.items():
+                if kind == SKIP:
+                    continue
+                values = chunk[name].fillna("").str.strip()
+                if kind == EMPTY:
+                    bad = (values != "").to_numpy()
+                    if bad.any():
+                        return _fail(path, f"line {base + int(np.argmax(bad))} is not {layout}", fix)
+                    continue
+                empty = (values == "").to_numpy()
+                if empty.any():
+                    return _fail(path, f"line {base + int(np.argmax(empty))} has no value in column '{name}' "
+                                       f"(truncated or malformed row; expected {layout})", fix)
+                if kind in (FLOAT, INT, ID):
+                    number_ = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+                    bad = np.isnan(number_)
+                    if kind != FLOAT:
+                        bad = bad | ~np.isfinite(number_) | (np.nan_to_num(number_) % 1 != 0)
+                    if bad.any():
+                        line = int(np.argmax(bad))
+                        what = "a number" if kind == FLOAT else "an integer"
+                        return _fail(path, f"column '{name}' must be {what}, line {base + line} has "
+                                           f"'{values.iloc[line][:40]}'", fix)
+    except pd.errors.EmptyDataError:
+        return _fail(path, "the file is empty", fix)
+    except pd.errors.ParserError as error:
+        return _fail(path, f"cannot be parsed ({_first_line(error)}; expected {layout})", fix)
+    except UnicodeDecodeError as error:
+        return _fail(path, f"is not UTF-8 text ({_first_line(error)})", fix)
+    return _fail(path, f"cannot be parsed as {layout}", fix)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _to_raw(frame: pd.DataFrame) -> RawInteractions:
@@ -89,28 +154,42 @@ def _to_raw(frame: pd.DataFrame) -> RawInteractions:
     return RawInteractions(frame["user"].to_numpy(), frame["item"].to_numpy(), timestamp, rating)
 
 
-RATING_COLUMNS = ["user", "item", "rating", "timestamp"]
+def _has_header(path: Path, sep: str) -> bool:
+    """True when the first line is a header (its first field is not a number)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().split(sep)[0].strip()
+    try:
+        float(first)
+        return False
+    except ValueError:
+        return True
+
+
+RATINGS = {"user": ID, "item": ID, "rating": FLOAT, "timestamp": INT}
 
 
 def read_ml1m(path: Path) -> RawInteractions:
-    """ratings.dat: ``user::item::rating::timestamp``; split on ':' so the fast C parser applies."""
-    frame = _read_table(path, ["user", "e1", "item", "e2", "rating", "e3", "timestamp"], RATING_COLUMNS, sep=":")
-    if frame[["e1", "e2", "e3"]].notna().any().any():
-        raise _fail(path, "expected user::item::rating::timestamp on every line")
-    return _to_raw(frame)
+    """ratings.dat: ``user::item::rating::timestamp``; split on ':' so the fast C parser applies
+    (the gaps between the colons are empty columns, checked to stay empty)."""
+    spec = {"user": ID, "e1": EMPTY, "item": ID, "e2": EMPTY, "rating": FLOAT, "e3": EMPTY, "timestamp": INT}
+    return _to_raw(_read_table(path, spec, sep=":"))
 
 
 def read_ml20m(path: Path) -> RawInteractions:
-    return _to_raw(_read_table(path, RATING_COLUMNS, RATING_COLUMNS, header=True))
+    """ratings.csv: header ``userId,movieId,rating,timestamp``, half-star float ratings."""
+    _check_file(path, "fix the file, or delete it to download it again")
+    return _to_raw(_read_table(path, RATINGS, header=_has_header(path, ",")))
 
 
 def read_ml100k(path: Path) -> RawInteractions:
-    return _to_raw(_read_table(path, RATING_COLUMNS, RATING_COLUMNS, sep="\t"))
+    """u.data: tab-separated ``user item rating timestamp``, no header."""
+    return _to_raw(_read_table(path, RATINGS, sep="\t"))
 
 
 def read_amazon(path: Path) -> RawInteractions:
     """SNAP ratings_*.csv: ``user,item,rating,timestamp`` without header, string ids."""
-    return _to_raw(_read_table(path, RATING_COLUMNS, RATING_COLUMNS, str_ids=True))
+    spec = {"user": STR_ID, "item": STR_ID, "rating": FLOAT, "timestamp": INT}
+    return _to_raw(_read_table(path, spec))
 
 
 USER_COLUMNS = ("user", "user_id", "userid", "uid", "users", "customer_id", "reviewerid")
@@ -125,14 +204,15 @@ def _find(header: list[str], names: tuple[str, ...]) -> int | None:
 
 
 def read_user_file(path: Path) -> RawInteractions:
-    """Your own data: a CSV/TSV with a header naming user and item columns, or a sequence file
-    (``user item item ...`` per line, file order = time order)."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found; check --data_file")
+    """Your own data: a CSV/TSV with a header naming user and item columns (rating and time
+    optional; other columns ignored), or a sequence file (``user item item ...`` per line, file
+    order = time order). Times may be unix seconds or dates; numeric ids become integers."""
+    fix = "fix the file or check --data_file"
+    _check_file(path, fix)
     with open(path, newline="", encoding="utf-8", errors="replace") as handle:
         first = handle.readline()
     if not first.strip():
-        raise _fail(path, "the file is empty or starts with a blank line", "check --data_file")
+        raise _fail(path, "the file starts with a blank line", fix)
     sep = "\t" if "\t" in first else ";" if ";" in first and "," not in first else ","
     header = next(csv.reader([first.strip()], delimiter=sep))
     user_col, item_col = _find(header, USER_COLUMNS), _find(header, ITEM_COLUMNS)
@@ -141,42 +221,59 @@ def read_user_file(path: Path) -> RawInteractions:
             raise _fail(path, f"the header {header} must name a user column ({'/'.join(USER_COLUMNS[:4])}) "
                               f"and an item column ({'/'.join(ITEM_COLUMNS[:6])})", "rename the columns")
         return _read_sequence_file(path)
-    named = {user_col: "user", item_col: "item"}
-    for names, label in ((RATING_NAMES, "rating"), (TIME_NAMES, "timestamp")):
+    named = {user_col: ("user", STR_ID), item_col: ("item", STR_ID)}
+    for names, label, kind in ((RATING_NAMES, "rating", FLOAT), (TIME_NAMES, "timestamp", INT)):
         col = _find(header, names)
-        if col is not None:
-            named[col] = label
-    columns = [named.get(i, f"extra{i}") for i in range(len(header))]
-    frame = _read_table(path, columns, ["user", "item"], sep=sep, header=True, str_ids=True)
-    frame = frame[[c for c in columns if not c.startswith("extra")]]
-    if "timestamp" in frame.columns and not pd.api.types.is_numeric_dtype(frame["timestamp"]):
-        parsed = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True)
-        if parsed.isna().any():
-            line = int(np.argmax(parsed.isna().to_numpy())) + 2
-            raise _fail(path, f"column 'timestamp' line {line} is neither a number nor a date", "fix that row")
-        frame["timestamp"] = parsed.astype("int64") // 10**9
+        if col is not None and col not in named:
+            named[col] = (label, kind)
+    spec = dict(named.get(i, (f"extra{i}", SKIP)) for i in range(len(header)))
+    try:
+        frame = _read_table(path, spec, sep=sep, header=True, fix=fix)
+    except UserError:
+        if spec.get("timestamp") != INT:
+            raise
+        spec["timestamp"] = TEXT          # dates, or numbers written as floats
+        frame = _read_table(path, spec, sep=sep, header=True, fix=fix)
+        parsed = pd.to_numeric(frame["timestamp"], errors="coerce")
+        if parsed.notna().all():
+            frame["timestamp"] = np.floor(parsed.to_numpy(np.float64)).astype(np.int64)
+        else:
+            dates = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True, format="mixed")
+            if dates.isna().any():
+                line = int(np.argmax(dates.isna().to_numpy())) + 2
+                raise _fail(path, f"column 'timestamp' line {line} is neither a number nor a date "
+                                  f"('{frame['timestamp'].iloc[line - 2][:40]}')", fix) from None
+            epoch = pd.Timestamp("1970-01-01", tz="UTC")
+            frame["timestamp"] = ((dates - epoch) // pd.Timedelta(seconds=1)).astype(np.int64)
     for name in ("user", "item"):
-        as_int = pd.to_numeric(frame[name], errors="coerce")
-        if as_int.notna().all() and (as_int % 1 == 0).all():
-            frame[name] = as_int.astype(np.int64)
+        frame[name] = _maybe_int(frame[name])
     return _to_raw(frame)
 
 
+def _maybe_int(values: pd.Series) -> pd.Series:
+    """Text ids that are all integers (without leading zeros, which would be lost) become int64."""
+    pattern = r"-?(0|[1-9][0-9]{0,17})"
+    text = values.astype(str)
+    if not text.iloc[:1000].str.fullmatch(pattern).all() or not text.str.fullmatch(pattern).all():
+        return values
+    return text.astype(np.int64)
+
+
 def _read_sequence_file(path: Path) -> RawInteractions:
-    lines = [line.split() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    if not lines:
+    numbered = [(number, line.split()) for number, line in
+                enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1) if line.strip()]
+    if not numbered:
         raise _fail(path, "the file is empty", "check --data_file")
+    lines = [tokens for _, tokens in numbered]
     lengths = np.fromiter((len(l) - 1 for l in lines), dtype=np.int64, count=len(lines))
     if (lengths < 1).any():
-        raise _fail(path, f"line {int(np.argmax(lengths < 1)) + 1} has a user but no items",
+        raise _fail(path, f"line {numbered[int(np.argmax(lengths < 1))][0]} has a user but no items",
                     "each line must be 'user item item ...'")
     users = np.repeat(np.array([l[0] for l in lines]), lengths)
     items = np.array([tok for l in lines for tok in l[1:]])
     frame = pd.DataFrame({"user": users, "item": items})
     for name in ("user", "item"):
-        as_int = pd.to_numeric(frame[name], errors="coerce")
-        if as_int.notna().all():
-            frame[name] = as_int.astype(np.int64)
+        frame[name] = _maybe_int(frame[name])
     return _to_raw(frame)
 
 

@@ -1,0 +1,148 @@
+"""Shared fixtures. Keep each fixture small and documented; add new ones in their own section.
+
+Data:    SHARED_DATA, ``ml100k_dir`` (the real MovieLens-100K under ../shared; skips when absent)
+Network: ``http_server`` (a local http.server on 127.0.0.1 in a thread); helpers ``zip_bytes``,
+         ``closed_port_url`` (import them: ``from tests.conftest import zip_bytes``)
+CLI:     ``run_cli`` fixture / ``start_cli`` helper (``python -m esapr ...`` in a subprocess)
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """The real MovieLens-100K folder (u.data, u.item) shared beside the repository."""
+    folder = SHARED_DATA / "ml-100k"
+    if not (folder / "u.data").is_file():
+        pytest.skip(f"real ML-100K data absent ({folder})")
+    return folder
+
+
+# --- network --------------------------------------------------------------------------------------
+
+def zip_bytes(files: dict[str, bytes | str]) -> bytes:
+    """A zip archive in memory holding ``{member name: content}``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content.encode() if isinstance(content, str) else content)
+    return buffer.getvalue()
+
+
+@dataclass
+class Route:
+    body: bytes
+    truncate_first: int = 0        # the first N requests send only half the body (full Content-Length)
+    status: int = 200
+    hits: int = 0
+
+
+@dataclass
+class LocalServer:
+    """``routes[path] = Route(...)``; ``url(path)`` is its address; ``requests`` lists every path asked."""
+    base: str
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+
+    def serve(self, path: str, body: bytes, **options) -> str:
+        self.routes[path] = Route(body, **options)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture()
+def http_server():
+    """A plain HTTP/1.0 server on 127.0.0.1 (random port) in a daemon thread. A truncated response
+    announces the full Content-Length, sends half the bytes and closes the connection."""
+    server_state: dict = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            state: LocalServer = server_state["server"]
+            state.requests.append(self.path)
+            route = state.routes.get(self.path)
+            if route is None:
+                self.send_error(404, "Not Found")
+                return
+            route.hits += 1
+            if route.status != 200:
+                self.send_error(route.status)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(route.body)))
+            self.end_headers()
+            if route.hits <= route.truncate_first:
+                self.wfile.write(route.body[: len(route.body) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(route.body)
+
+        def log_message(self, *args):   # keep the test output clean
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state = LocalServer(f"http://127.0.0.1:{httpd.server_address[1]}")
+    server_state["server"] = state
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def closed_port_url(name: str = "missing.zip") -> str:
+    """A URL on 127.0.0.1 where nothing listens: connecting fails at once (no network needed)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{name}"
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+def cli_env() -> dict:
+    """Environment of a CLI subprocess: the repository importable, no proxy, no colour noise."""
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start ``python -m esapr ARGS`` (returns at once; collect with ``.communicate()``)."""
+    return subprocess.Popen([sys.executable, "-m", "esapr", *map(str, args)], cwd=cwd, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture()
+def run_cli(tmp_path):
+    """``run_cli(*args)`` -> CompletedProcess of ``python -m esapr ARGS`` run in tmp_path."""
+    def run(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+        process = start_cli(list(args), tmp_path)
+        out, err = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return run
