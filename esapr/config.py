@@ -70,7 +70,7 @@ class Config:
     weight_type: str = _opt("exp_stair", "VAE position weights", ("exp_stair", "exp", "linear", "constant"), "batches")
     weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches")
     aug_prob: float = _opt(0.0, "VAE input augmentation probability", group="batches")
-    legacy_bag: bool = _opt(True, "VAE bag as the original: pad index 0 gets a weight, pad labels in the loss", group="batches")
+    legacy_bag: bool = _opt(False, "VAE bag as the original: pad index 0 weighted in the input and the loss, repeats keep one weight", group="batches")
     # --- optimisation ----------------------------------------------------------------------
     optimizer: str = _opt("Adam", "optimizer", ("Adam", "SGD"), "train")
     lr: float = _opt(1e-3, "learning rate", group="train")
