@@ -1,0 +1,88 @@
+"""SASRec as the original's "exact" SAS body (reference.md §4.4).
+
+Embedding: token + positional, dropout (no sqrt(H) scale, no re-masking of padding between
+blocks, as the original). Block: q = LN1(x); a = MHA(query=q, key=x, value=x) without output
+linear; x = q + a; z = LN2(x); out = z + Dropout(FFN(z)) with an H -> H -> H ReLU FFN with middle
+dropout. A final LayerNorm. Causal + key-padding attention. Loss: binary cross-entropy of the
+next item against one sampled negative per position (§5.2). ``residual_ln_type``, ``headtype``
+and ``head_use_ln`` do not apply.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esapr.data.batches.sas import SasBatches
+from esapr.models import DataInfo, SequentialModel
+from esapr.models.layers import (Dropout, FeedForward, MultiHeadAttention, PositionalEmbedding, attention_bias, grouped_loss,
+                                 init_weights, last_rows, next_item_bce_loss, per_group)
+
+
+class SasBlock(nn.Module):
+    """The exact-SAS block around any attention ``attend(query_rows, keys_values, mask, **kw)``."""
+
+    def __init__(self, attention: nn.Module, hidden: int, dropout: float):
+        super().__init__()
+        self.attention = attention
+        self.norm1 = nn.LayerNorm(hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.feed_forward = FeedForward(hidden, hidden, dropout, "relu", middle_dropout=True)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rows: int | None = None, **kw) -> torch.Tensor:
+        q = self.norm1(x if rows is None else x[:, -rows:])
+        x = q + self.attention(q, x, mask if rows is None else last_rows(mask, rows), **kw)
+        z = self.norm2(x)
+        return z + self.dropout(self.feed_forward(z))
+
+
+class SasModelBase(SequentialModel):
+    """Shared by SASRec and TiSASRec: the token table, the final LayerNorm, the loss and scoring
+    against the token embedding (no head, no bias)."""
+    batch_builder = SasBatches
+
+    @staticmethod
+    def batch_inputs(config) -> tuple:
+        return ()
+
+    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return grouped_loss(batch, self.hidden, lambda b: next_item_bce_loss(self.encode(b), b["labels"],
+                                                                            b["negative_labels"], self.token))
+
+    def scores(self, batch: dict) -> torch.Tensor:
+        return per_group(batch, self.hidden,
+                         lambda b: self.encode(b, last_only=True) @ self.token.weight[:self.n_classes].t())
+
+    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
+        if scores is not None:
+            return scores.gather(1, batch["candidates"])
+        return per_group(batch, self.hidden, lambda b: torch.einsum("bh,bch->bc", self.encode(b, last_only=True),
+                                                                    self.token(b["candidates"])))
+
+
+class SASRec(SasModelBase):
+    def __init__(self, config, info: DataInfo):
+        super().__init__()
+        hidden = self.hidden = config.hidden_units
+        self.n_classes = info.n_items + 1
+        self.token = nn.Embedding(info.n_items + 2, hidden, padding_idx=0)
+        self.position = PositionalEmbedding(config.max_len, hidden)
+        self.dropout = Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            SasBlock(MultiHeadAttention(hidden, config.num_heads, config.dropout, output_linear=False),
+                     hidden, config.dropout)
+            for _ in range(config.num_blocks))
+        self.norm = nn.LayerNorm(hidden)
+        init_weights(self, config.model_init_range)
+
+    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
+        tokens = batch["tokens"]
+        x = self.dropout(self.token(tokens) + self.position(tokens.size(1)))
+        mask = attention_bias(tokens, causal=True)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, 1 if last_only and i == len(self.blocks) - 1 else None)
+        x = self.norm(x)
+        return x[:, -1] if last_only else x
