@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -234,7 +233,7 @@ def test_last_slot_and_length_groups_give_the_same_numbers(monkeypatch, template
         last = m.encode(batch["tokens"], last_only=True) if template == "train_bert" else m.encode(batch, last_only=True)
         assert torch.allclose(full[:, -1], last, atol=1e-5)
         one = dict(candidates=m.candidate_scores(batch), loss=m.loss(batch), scores=m.scores(batch))
-        monkeypatch.setattr(layers, "length_groups", lambda tokens, hidden: split(tokens, hidden, per_group=0.0))
+        monkeypatch.setattr(layers, "length_groups", lambda tokens, hidden: split(tokens, hidden, group_cost=0.0))
         assert len(layers.length_groups(batch["tokens"], 16)) > 2            # the lengths really differ
         assert torch.allclose(one["candidates"], m.candidate_scores(batch), atol=1e-5)
         assert torch.allclose(one["loss"], m.loss(batch), atol=1e-5)
@@ -247,12 +246,12 @@ def test_length_groups_cover_every_row_once_with_their_length():
     lengths = torch.tensor([1 + (i * 7) % 20 for i in range(50)])
     for row, n in enumerate(lengths):
         tokens[row, 20 - n:] = 1
-    groups = layers.length_groups(tokens, 64, per_group=0.0)
+    groups = layers.length_groups(tokens, 64, group_cost=0.0)
     rows = torch.cat([r for r, _ in groups])
     assert sorted(rows.tolist()) == list(range(50))
     for r, length in groups:
         assert int(lengths[r].max()) == length
-    assert len(layers.length_groups(tokens, 64, per_group=1e30)) == 1
+    assert len(layers.length_groups(tokens, 64, group_cost=1e30)) == 1
 
 
 @pytest.mark.parametrize("template", ["train_sas", "train_tisas"])
@@ -407,3 +406,9 @@ def test_template_runs_through_the_cli(tmp_path, template):
     results = json.loads((folder / "results.json").read_text())
     assert results["epochs"] == 2 and results["model_code"] == template.removeprefix("train_")
     assert 0.0 <= results["test"]["NDCG@10"] <= 1.0
+    # the saved best model, evaluated again, gives the same test metrics
+    again = subprocess.run([sys.executable, "-m", "esapr", "evaluate", "--experiment", str(folder), "--json",
+                            "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout) == pytest.approx(results["test"])
