@@ -1,17 +1,19 @@
 """Time one training epoch and one validation pass per model family on synthetic data of a
-real dataset's size, next to the original approach (per-example dense VAE vectors built on the
-host, metrics by argsort on the CPU) measured in the same run. Prints one JSON object per line.
+real dataset's size, next to the original approach (per-example loaders in Python: dense VAE
+vectors, BERT masking token by token, SAS negatives drawn one by one; metrics by argsort on the
+CPU) measured in the same run with the same model. Prints one JSON object per line.
 
     python benchmarks/bench_train.py --family vae --size ml-1m --device cpu --baseline
     python benchmarks/bench_train.py --family bert --size ml-1m --device cuda --max_batches 50
 
-``--max_batches`` times that many batches and extrapolates to the full epoch (reported as
-``extrapolated``), for sizes too large to run whole on a CPU.
+``--max_batches`` times that many training (and validation) batches and extrapolates to the full
+epoch (reported as ``extrapolated``), for sizes too large to run whole on a CPU.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import sys
 import tempfile
@@ -32,10 +34,11 @@ from esapr.data.sources import RawInteractions  # noqa: E402
 from esapr.training.trainer import Trainer, seed_everything  # noqa: E402
 
 SIZES = {"ml-100k": (943, 1349, 99_287), "ml-1m": (6_040, 3_416, 1_000_209), "ml-20m": (138_493, 26_744, 20_000_263)}
-TEMPLATES = {"vae": "train_vae", "bert": "train_bert", "sas": "train_sas"}
+TEMPLATES = {code: f"train_{code}" for code in ("vae", "bert", "sas", "tisas", "meantime", "marank")}
+ORIGINAL_LOADERS = ("vae", "bert", "sas")  # families with the original approach implemented here
 
 
-def synthetic_data(size: str, seed: int = 0) -> PreparedData:
+def synthetic_data(size: str, config, seed: int = 0) -> PreparedData:
     """Heavy-tailed users and items of the given size (every user >= 5 interactions)."""
     n_users, n_items, n_rows = SIZES[size]
     rng = np.random.default_rng(seed)
@@ -46,7 +49,12 @@ def synthetic_data(size: str, seed: int = 0) -> PreparedData:
     items = rng.choice(n_items, size=len(users), p=popularity / popularity.sum())
     raw = RawInteractions(users, items, np.arange(len(users), dtype=np.int64))
     seqs = build_sequences(raw, 0, 0, 5)
-    return PreparedData(seqs, sample_negatives(seqs, "popular", 100, 98765), None, Path(tempfile.mkdtemp()), size)
+    train_negatives = None
+    if config.train_negative_sample_size > 0:
+        train_negatives = sample_negatives(seqs, config.train_negative_sampler_code, config.train_negative_sample_size,
+                                           config.train_negative_sampling_seed)
+    return PreparedData(seqs, sample_negatives(seqs, "popular", 100, 98765), train_negatives,
+                        Path(tempfile.mkdtemp()), size)
 
 
 def peak_memory(device: torch.device) -> dict:
@@ -60,6 +68,10 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def val_batches(trainer: Trainer) -> int:
+    return -(-trainer.data.sequences.n_users // trainer.config.val_batch_size)
+
+
 def time_esapr(trainer: Trainer, max_batches: int | None) -> dict:
     device = trainer.device
     seed_everything(1)
@@ -71,39 +83,97 @@ def time_esapr(trainer: Trainer, max_batches: int | None) -> dict:
     train_s = time.perf_counter() - start
     total = trainer.batches.num_train_batches()
     done = total if max_batches is None else min(max_batches, total)
+    val_total = val_batches(trainer)
+    val_done = val_total if max_batches is None else min(max_batches, val_total)
     start = time.perf_counter()
-    trainer.evaluate("val")
+    trainer.evaluate("val", limit=val_done)
     sync(device)
-    val_s = time.perf_counter() - start
+    val_s = (time.perf_counter() - start) * val_total / val_done
+    start = time.perf_counter()
+    for _ in trainer.batches.train_batches(3, limit=max_batches):
+        pass
+    sync(device)
+    batches_s = (time.perf_counter() - start) * total / done
     return {"train_s": train_s * total / done, "val_s": val_s, "batches": total, "extrapolated": done < total,
-            "examples_per_s": done * trainer.config.train_batch_size / train_s}
+            "examples_per_s": done * trainer.config.train_batch_size / train_s, "batch_building_s": batches_s}
 
 
-class OriginalVaeTrainSet(torch.utils.data.Dataset):
-    """The original loader (reference.md §3.5): one dense (I+1) vector per example, built in
-    Python, weights recomputed on every call."""
+class OriginalTrainSet(torch.utils.data.Dataset):
+    """The original's per-example loaders (reference.md §3.3-3.5), run in the main process
+    (num_workers 0, its template value) with a Python RNG, as it did."""
 
-    def __init__(self, seqs, users, ends, config):
-        self.seqs, self.users, self.ends, self.config = seqs, users, ends, config
+    def __init__(self, trainer: Trainer):
+        b, self.config, self.seqs = trainer.batches, trainer.config, trainer.data.sequences
+        self.users, self.ends = b.train_users.cpu().numpy(), b.train_ends.cpu().numpy()
+        self.pool = trainer.data.train_negatives
+        self.rng = random.Random(0)
 
     def __len__(self):
         return len(self.users)
 
-    def weights(self):
-        n, c = self.config.max_len, self.config.weight_constant
-        d = n - 1 - torch.arange(n)
-        return c ** (-torch.floor(torch.log2(d + 0.5)))
+    def window(self, user: int, end: int, length: int) -> list[int]:
+        return self.seqs.items[max(self.seqs.offsets[user], end - length): end].tolist()
 
     def __getitem__(self, i):
-        start = self.seqs.offsets[self.users[i]]
-        end = self.ends[i]
-        window = self.seqs.items[max(start, end - self.config.max_len): end]
-        label = torch.zeros(self.config.max_len, dtype=torch.long)
-        label[-len(window):] = torch.as_tensor(window.astype(np.int64))
-        data = torch.zeros(self.seqs.n_items + 1)
-        weight = self.weights()
-        data[label[:-1]] += weight[:-1]
-        return {"bag": data, "label": label, "weight": weight}
+        user, end, n = self.users[i], self.ends[i], self.config.max_len
+        if self.config.model_code == "vae":  # a dense (I+1) vector per example, weights recomputed
+            label = torch.zeros(n, dtype=torch.long)
+            window = self.window(user, end, n)
+            label[-len(window):] = torch.tensor(window)
+            bag = torch.zeros(self.seqs.n_items + 1)
+            weight = original_weights(n, self.config.weight_constant)
+            bag[label[:-1]] += weight[:-1]
+            return {"bag": bag, "label": label}
+        if self.config.model_code == "bert":  # masking token by token
+            tokens, labels = [], []
+            for item in self.window(user, end, n):
+                u = self.rng.random()
+                if u < self.config.mask_prob:
+                    u /= self.config.mask_prob
+                    tokens.append(self.seqs.n_items + 1 if u < 0.8 else
+                                  self.rng.randint(1, self.seqs.n_items) if u < 0.9 else item)
+                    labels.append(item)
+                else:
+                    tokens.append(item)
+                    labels.append(0)
+            return {"tokens": left_pad(tokens, n), "labels": left_pad(labels, n)}
+        seq = self.window(user, end, n + 1)  # sas: next-item labels, one pool draw per label
+        pool = self.pool[user].tolist()
+        negatives = [self.rng.choice(pool) for _ in seq[1:]]
+        return {"tokens": left_pad(seq[:-1], n), "labels": left_pad(seq[1:], n),
+                "negative_labels": left_pad(negatives, n)}
+
+
+def original_weights(n: int, constant: float) -> torch.Tensor:
+    d = n - 1 - torch.arange(n)
+    return constant ** (-torch.floor(torch.log2(d + 0.5)))
+
+
+def left_pad(values: list[int], n: int) -> torch.Tensor:
+    return torch.tensor([0] * (n - len(values)) + values, dtype=torch.long)
+
+
+def original_eval_batch(trainer: Trainer, users: range) -> dict:
+    """Validation inputs built user by user on the host, as the original's eval datasets."""
+    config, seqs = trainer.config, trainer.data.sequences
+    n, rows, cands = config.max_len, [], []
+    for u in users:
+        answer_at = seqs.offsets[u + 1] - 2
+        start = seqs.offsets[u]
+        if config.model_code == "vae":
+            window = seqs.items[max(start, answer_at + 1 - n): answer_at + 1].tolist()
+            label = left_pad(window, n)
+            bag = torch.zeros(seqs.n_items + 1)
+            bag[label[:-1]] += original_weights(n, config.weight_constant)[:-1]
+            rows.append(bag)
+        elif config.model_code == "bert":
+            window = seqs.items[max(start, answer_at + 1 - n): answer_at + 1].tolist()
+            rows.append(left_pad(window[:-1] + [seqs.n_items + 1], n))
+        else:
+            rows.append(left_pad(seqs.items[max(start, answer_at - n): answer_at].tolist(), n))
+        cands.append(torch.as_tensor(np.concatenate([[seqs.items[answer_at]], trainer.data.test_negatives[u]])))
+    key = "bag" if config.model_code == "vae" else "tokens"
+    return {key: torch.stack(rows).to(trainer.device), "candidates": torch.stack(cands).long().to(trainer.device)}
 
 
 def original_metrics(scores: torch.Tensor, ks) -> dict:
@@ -121,55 +191,51 @@ def original_metrics(scores: torch.Tensor, ks) -> dict:
     return out
 
 
-def time_original_vae(trainer: Trainer, max_batches: int | None) -> dict:
-    """Same model and optimizer; the original's host-side loader and CPU metrics."""
+def time_original(trainer: Trainer, max_batches: int | None) -> dict:
+    """Same model and optimizer; the original's host-side loaders and CPU metrics."""
     config, device, model = trainer.config, trainer.device, trainer.model
-    seqs = trainer.data.sequences
-    b = trainer.batches
-    dataset = OriginalVaeTrainSet(seqs, b.train_users.cpu().numpy(), b.train_ends.cpu().numpy(), config)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train_batch_size, shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(OriginalTrainSet(trainer), batch_size=config.train_batch_size,
+                                         shuffle=True, drop_last=True)
     model.train()
     sync(device)
     start, done = time.perf_counter(), 0
     for batch in loader:
         if max_batches is not None and done >= max_batches:
             break
-        label = batch["label"].to(device)
-        slots = label[:, :-1]
+        batch = {key: value.to(device) for key, value in batch.items()}
+        if config.model_code == "vae":
+            batch["slots"] = batch["label"][:, :-1]
+            batch["last"] = last_occurrence(batch["slots"])
         trainer.optimizer.zero_grad()
-        batch = {"bag": batch["bag"].to(device), "label": label, "slots": slots, "last": last_occurrence(slots)}
-        loss = model.loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        model.loss(batch).backward()
+        if config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
         trainer.optimizer.step()
         done += 1
     sync(device)
     train_s = (time.perf_counter() - start) * len(loader) / max(1, done)
+    start, built = time.perf_counter(), 0
+    for batch in loader:
+        if max_batches is not None and built >= max_batches:
+            break
+        batch = {key: value.to(device) for key, value in batch.items()}
+        built += 1
+    sync(device)
+    batches_s = (time.perf_counter() - start) * len(loader) / max(1, built)
     model.eval()
     start = time.perf_counter()
-    answers_at = seqs.offsets[1:] - 2
+    n_users = trainer.data.sequences.n_users
+    val_total = val_batches(trainer)
+    val_done = val_total if max_batches is None else min(max_batches, val_total)
     with torch.no_grad():
-        for first in range(0, seqs.n_users, config.val_batch_size):
-            rows = range(first, min(first + config.val_batch_size, seqs.n_users))
-            bags, cands = [], []
-            for u in rows:
-                end = answers_at[u] + 1
-                window = seqs.items[max(seqs.offsets[u], end - config.max_len): end]
-                label = torch.zeros(config.max_len, dtype=torch.long)
-                label[-len(window):] = torch.as_tensor(window.astype(np.int64))
-                data = torch.zeros(seqs.n_items + 1)
-                data[label[:-1]] += dataset.weights()[:-1]
-                bags.append(data)
-                cands.append(torch.as_tensor(np.concatenate([[window[-1]], trainer.data.test_negatives[u]]).astype(np.int64)))
-            bag = torch.stack(bags).to(device)
-            logits = model({"bag": bag})[0]  # eval: no dropout, so slots are not needed
-            logits[bag != 0] = -float("inf")
-            logits[:, 0] = -float("inf")
-            original_metrics(logits.gather(1, torch.stack(cands).to(device)), config.metric_ks)
+        for first in range(0, val_done * config.val_batch_size, config.val_batch_size):
+            batch = original_eval_batch(trainer, range(first, min(first + config.val_batch_size, n_users)))
+            original_metrics(model.candidate_scores(batch), config.metric_ks)
     sync(device)
-    return {"train_s": train_s, "val_s": time.perf_counter() - start, "batches": len(loader),
+    val_s = (time.perf_counter() - start) * val_total / val_done
+    return {"train_s": train_s, "val_s": val_s, "batches": len(loader),
             "extrapolated": max_batches is not None and max_batches < len(loader),
-            "examples_per_s": done * config.train_batch_size / max(1e-9, train_s * done / len(loader))}
+            "examples_per_s": config.train_batch_size * len(loader) / max(1e-9, train_s), "batch_building_s": batches_s}
 
 
 def main() -> None:
@@ -178,28 +244,33 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="ml-1m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max_batches", type=int, default=None)
-    parser.add_argument("--baseline", action="store_true", help="also time the original approach (VAE only)")
+    parser.add_argument("--baseline", action="store_true", help=f"also time the original approach ({', '.join(ORIGINAL_LOADERS)})")
+    parser.add_argument("--baseline_batches", type=int, default=None,
+                        help="time the original approach on this many batches (default: --max_batches)")
     parser.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args()
-    data = synthetic_data(args.size)
     overrides = {"device": args.device, "full_ranking": False, **dict(args.option)}
     if args.size == "ml-20m" and args.family == "vae":
         overrides.setdefault("train_window", 128)  # the original's ML-20M setting
     config = build_config([TEMPLATES[args.family]], overrides)
+    data = synthetic_data(args.size, config)
     trainer = Trainer(config, data, progress=False)
+    before = peak_memory(trainer.device)["peak_host_mb"]  # data, model and optimizer
     shape = {"users": data.sequences.n_users, "items": data.sequences.n_items,
              "interactions": data.sequences.n_interactions}
     device = str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else "")
     result = {"what": f"{args.family} epoch (esapr)", "size": args.size, **shape, "device": device,
-              **time_esapr(trainer, args.max_batches), **peak_memory(trainer.device)}
+              **time_esapr(trainer, args.max_batches), **peak_memory(trainer.device), "host_mb_before_training": before}
     print(json.dumps(result), flush=True)
-    if args.baseline and args.family == "vae":
-        base = {"what": "vae epoch (original approach)", "size": args.size, **shape, "device": device,
-                **time_original_vae(trainer, args.max_batches), **peak_memory(trainer.device)}
+    if args.baseline and args.family in ORIGINAL_LOADERS:
+        base = {"what": f"{args.family} epoch (original approach)", "size": args.size, **shape, "device": device,
+                **time_original(trainer, args.baseline_batches or args.max_batches), **peak_memory(trainer.device)}
         print(json.dumps(base), flush=True)
         ratio = (base["train_s"] + base["val_s"]) / (result["train_s"] + result["val_s"])
+        building = base["batch_building_s"] / max(1e-9, result["batch_building_s"])
         print(json.dumps({"what": "speed-up over the original approach (train + validation)", "size": args.size,
-                          "device": device, "ratio": round(ratio, 2)}), flush=True)
+                          "device": device, "ratio": round(ratio, 2), "batch_building_ratio": round(building, 1)}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,17 @@ def test_sigkill_in_a_transfer_stage_then_resume_gives_identical_results(tmp_pat
     assert val_epochs == list(range(1, got["epochs"] + 1))
 
 
+def test_resume_with_more_epochs_extends_a_run_exactly(tmp_path):
+    """--resume may change num_epochs: 2 epochs, then resumed to 4, equals 4 epochs in one go."""
+    straight = train(small_config(tmp_path, num_epochs=4, experiment_name="straight"), progress=False)
+    train(small_config(tmp_path, num_epochs=2, experiment_name="extended"), progress=False)
+    with pytest.raises(UserError, match="different options"):
+        train(small_config(tmp_path, num_epochs=4, lr=0.01, experiment_name="extended", resume=True), progress=False)
+    extended = train(small_config(tmp_path, num_epochs=4, experiment_name="extended", resume=True), progress=False)
+    assert extended["epochs"] == 4 and extended["test"] == straight["test"]
+    assert extended["best_epoch"] == straight["best_epoch"]
+
+
 def test_evaluate_reproduces_test_metrics_and_deletes_nothing(tmp_path):
     config = small_config(tmp_path, num_epochs=3, experiment_name="evaluate")
     results = train(config, progress=False)

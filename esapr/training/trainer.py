@@ -242,8 +242,9 @@ def train(config: Config, data: PreparedData | None = None, progress: bool = Tru
         raise
 
 
-# options that may differ between the interrupted run and its resumption
-_RESUME_FREE = {"resume", "overwrite", "device", "progress", "local_data_folder", "experiment_root"}
+# options that may differ between the interrupted run and its resumption (num_epochs: to extend
+# or cap a run; the epochs already run do not depend on it)
+_RESUME_FREE = {"resume", "overwrite", "device", "progress", "local_data_folder", "experiment_root", "num_epochs"}
 
 
 def _resume_config(config: Config, experiment: Experiment) -> Config:
