@@ -93,6 +93,14 @@ def test_results_table_single_folder_and_duplicates(root, tmp_path):
         results_table(root / "group" / "running")
 
 
+def test_results_table_follows_linked_folders(root, tmp_path):
+    elsewhere = tmp_path / "drive"
+    make_experiment(elsewhere, "sas", "train_sas", "sas", "ml-a", metrics(0.3, 0.5, 0.05))
+    (root / "linked").symlink_to(elsewhere / "group", target_is_directory=True)
+    table = results_table(root)
+    assert ("ml-a", "SASRec") in list(table.index)
+
+
 def test_highlight_bold_best_vae_italic_best_overall(root):
     marks = highlight(results_table(root))
     assert marks[("ml-a", "VAE_tw", "NDCG@10")] == (True, False)

@@ -35,11 +35,18 @@ def training_ends(offsets: np.ndarray, max_len: int, window: int | None) -> tupl
     return users, ends
 
 
+def window_index(starts: torch.Tensor, ends: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute indices [B, length] of the right-aligned windows [max(start, end-length), end)
+    (clamped to be valid) and the mask of real slots; gather any per-interaction array with it."""
+    index = ends.unsqueeze(1) - length + torch.arange(length, device=ends.device)
+    valid = index >= starts.unsqueeze(1)
+    return index.clamp(min=0), valid
+
+
 def gather_windows(items: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, length: int) -> torch.Tensor:
     """Right-aligned windows items[max(start, end-length):end], left-padded with 0: [B, length]."""
-    index = ends.unsqueeze(1) - length + torch.arange(length, device=items.device)
-    valid = index >= starts.unsqueeze(1)
-    return torch.where(valid, items[index.clamp(min=0)], 0)
+    index, valid = window_index(starts, ends, length)
+    return torch.where(valid, items[index], 0)
 
 
 class BatchBuilder:

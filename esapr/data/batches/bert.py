@@ -14,15 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esapr.data.batches import BatchBuilder
-
-
-def window_index(starts: torch.Tensor, ends: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absolute indices [B, length] of the right-aligned window items[max(start, end-length):end]
-    (clamped to be valid) and the mask of real slots."""
-    index = ends.unsqueeze(1) - length + torch.arange(length, device=ends.device)
-    valid = index >= starts.unsqueeze(1)
-    return index.clamp(min=0), valid
+from esapr.data.batches import BatchBuilder, window_index
 
 
 def model_inputs(config) -> frozenset:

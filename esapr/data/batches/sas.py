@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esapr.data.batches import BatchBuilder
-from esapr.data.batches.bert import model_inputs, window_index
+from esapr.data.batches import BatchBuilder, window_index
+from esapr.data.batches.bert import model_inputs
 from esapr.errors import UserError
 
 
