@@ -39,6 +39,8 @@ class Config:
     experiment_name: str | None = _opt(None, "experiment folder name (default: the template's)", group="run")
     resume: bool = _opt(False, "continue an interrupted run from its last checkpoint", group="run")
     overwrite: bool = _opt(False, "replace a finished experiment in the same folder", group="run")
+    checkpoint_every_seconds: float = _opt(30.0, "write the resumable checkpoint at most this often (0: every "
+                                                 "epoch); the best model is saved at every improvement", group="run")
     pilot: bool = _opt(False, "smoke test: one epoch of one batch, then test", group="run")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"), group="run")
     amp: bool | None = _opt(None, "mixed precision (bf16, or fp16 with a scaler); default: on for CUDA", group="run")

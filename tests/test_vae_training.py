@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def _args(tmp_path, name):
     config = small_config(tmp_path)
     options = dict(SMALL, data_file=config.data_file, local_data_folder=config.local_data_folder,
                    experiment_root=config.experiment_root, num_epochs=40, saturation_wait_epochs=2,
-                   lr=0.02, experiment_name=name)
+                   lr=0.02, experiment_name=name, checkpoint_every_seconds=0.1)
     args = []
     for key, value in options.items():
         args += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
@@ -137,6 +138,36 @@ def test_sigkill_in_a_transfer_stage_then_resume_gives_identical_results(tmp_pat
     assert got["best_epoch"] == expected["best_epoch"] and got["epochs"] == expected["epochs"]
     val_epochs = [int(r["epoch"]) for r in Experiment(folder).read_table("val_log")]
     assert val_epochs == list(range(1, got["epochs"] + 1))
+
+
+def test_resume_from_an_older_checkpoint_replays_transfer_with_the_right_best_model(tmp_path, monkeypatch):
+    """Checkpoints are written every N seconds, so a resumed run may replay epochs whose transfer
+    stage reloads the best model of that time, while best_model.pth on disk already holds a
+    later one. The checkpoint carries the best weights, so the replay ends exactly as the run."""
+    config = small_config(tmp_path, num_epochs=40, saturation_wait_epochs=2, lr=0.02, experiment_name="replay",
+                          checkpoint_every_seconds=0)
+    saved = {}
+    original_save = Experiment.save
+
+    def keep_copies(self, path, state):
+        original_save(self, path, state)
+        if path.name == "recent_checkpoint.pth":
+            saved[state["state"]["epoch"]] = path.read_bytes()
+
+    monkeypatch.setattr(Experiment, "save", keep_copies)
+    expected = train(config, progress=False)
+    folder = Path(expected["experiment"])
+    exp = Experiment(folder)
+    stages = [int(r["recover_len"]) for r in exp.read_table("train_log")]
+    plateau = next(e for e in range(1, len(stages)) if stages[e] < stages[e - 1])  # epoch of the first transfer
+    val = [float(r["NDCG@10"]) for r in exp.read_table("val_log")][:plateau]
+    best_then = val.index(max(val)) + 1
+    assert expected["best_epoch"] > plateau > best_then  # the final best_model.pth is a later model
+
+    (folder / "models/recent_checkpoint.pth").write_bytes(saved[best_then])
+    (folder / "status").write_text("running\n")
+    resumed = train(replace(config, resume=True), progress=False)
+    assert resumed["test"] == expected["test"] and resumed["best_epoch"] == expected["best_epoch"]
 
 
 def test_resume_with_more_epochs_extends_a_run_exactly(tmp_path):

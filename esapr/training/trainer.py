@@ -78,6 +78,7 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
+        self.best_weights: dict | None = None   # a copy of the best model's state_dict so far
         self.metric_keys = self._check_best_metric()
 
     def _check_best_metric(self) -> list[str]:
@@ -142,11 +143,15 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """Everything a resumed run needs, including the best weights so far: a run resumed from
+        an older checkpoint replays the later epochs, and a transfer stage in that replay must
+        reload the best model as of then, not one the interrupted run saved afterwards."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "schedule": self.schedule.state_dict(), "state": asdict(self.state)}
+                "schedule": self.schedule.state_dict(), "state": asdict(self.state),
+                "best_model": self.best_weights}
 
-    def restore(self, checkpoint: dict) -> None:
+    def restore(self, checkpoint: dict, experiment: Experiment) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -154,6 +159,14 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"], self.model)
         self.state = TrainState(**checkpoint["state"])
+        if checkpoint.get("best_model") is not None:
+            self._save_best(experiment, checkpoint["best_model"], self.state.best_epoch, self.state.best_metric)
+        elif experiment.best_model.is_file():  # a checkpoint written before the best weights were kept in it
+            self.best_weights = experiment.load(experiment.best_model, self.device)["model"]
+
+    def _save_best(self, experiment: Experiment, weights: dict, epoch: int, metric: float) -> None:
+        self.best_weights = {name: value.detach().clone() for name, value in weights.items()}
+        experiment.save(experiment.best_model, {"model": self.best_weights, "epoch": epoch, "metric": metric})
 
     def load_best(self, experiment: Experiment) -> None:
         self.model.load_state_dict(experiment.load(experiment.best_model, self.device)["model"])
@@ -162,13 +175,14 @@ class Trainer:
     def fit(self, experiment: Experiment) -> dict:
         config = self.config
         if config.resume:
-            self.restore(experiment.load(experiment.recent_checkpoint, self.device))
+            self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment)
             experiment.truncate_tables(self.state.epoch)
         experiment.set_status("running")
         max_epochs = 1 if config.pilot else (config.num_epochs if config.num_epochs > 0 else 10**9)
         limit = 1 if config.pilot else None
         epochs = tqdm(total=None if config.num_epochs <= 0 else max_epochs, initial=self.state.epoch,
                       desc="training", unit="epoch", disable=not self.progress)
+        saved_at = time.monotonic()
         while not self.state.stopped and self.state.epoch < max_epochs:
             epoch = self.state.epoch + 1
             seed_everything(epoch)
@@ -183,7 +197,10 @@ class Trainer:
             self._after_validation(epoch, val[config.best_metric], experiment)
             self.state.epoch = epoch
             self.state.train_seconds += time.perf_counter() - start
-            experiment.save(experiment.recent_checkpoint, self.checkpoint())
+            last = self.state.stopped or epoch >= max_epochs
+            if last or time.monotonic() - saved_at >= config.checkpoint_every_seconds:
+                experiment.save(experiment.recent_checkpoint, self.checkpoint())
+                saved_at = time.monotonic()
             epochs.update(1)
             epochs.set_postfix({config.best_metric: f"{val[config.best_metric]:.4f}",
                                 "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
@@ -195,16 +212,15 @@ class Trainer:
         state = self.state
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.patience_from = metric, epoch, epoch
-            experiment.save(experiment.best_model, {"model": self.model.state_dict(), "epoch": epoch,
-                                                    "metric": metric})
+            self._save_best(experiment, self.model.state_dict(), epoch, metric)
         elif epoch - state.patience_from >= self.config.saturation_wait_epochs:
             transfer = self.schedule.on_plateau(self.model)
             if transfer is None:
                 state.stopped = True
                 return
             state.patience_from = epoch
-            if transfer.reload_best:
-                self.load_best(experiment)
+            if transfer.reload_best and self.best_weights is not None:
+                self.model.load_state_dict(self.best_weights)
             if self.progress:
                 tqdm.write(f"epoch {epoch}: plateau, {transfer.message}")
 
@@ -244,7 +260,8 @@ def train(config: Config, data: PreparedData | None = None, progress: bool = Tru
 
 # options that may differ between the interrupted run and its resumption (num_epochs: to extend
 # or cap a run; the epochs already run do not depend on it)
-_RESUME_FREE = {"resume", "overwrite", "device", "progress", "local_data_folder", "experiment_root", "num_epochs"}
+_RESUME_FREE = {"resume", "overwrite", "device", "progress", "local_data_folder", "experiment_root", "num_epochs",
+                "checkpoint_every_seconds"}
 
 
 def _resume_config(config: Config, experiment: Experiment) -> Config:
