@@ -103,7 +103,7 @@ class Config:
     model_init_range: float = _opt(0.02, "std of the transformer initialisation", group="model")
     hidden_units: int = _opt(64, "transformer hidden size", group="model")
     num_blocks: int = _opt(2, "transformer blocks", group="model")
-    num_heads: int = _opt(2, "attention heads", group="model")
+    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model")
     dropout: float = _opt(0.2, "dropout", group="model")
     residual_ln_type: str = _opt("pre", "LayerNorm placement", ("pre", "post"), "model")
     headtype: str = _opt("dot", "prediction head", ("dot", "linear"), "model")

@@ -111,33 +111,39 @@ def naive_kernel(kind, times, hidden, freq=10000.0):
 
 
 def naive_mixed_attention(att: MixedAttention, x, absolute, kernels, key_mask):
+    """One head at a time; head g of kernel l is overall head l * per + g (absolute kernels first)."""
     b, t, h = x.shape
-    L, d = att.heads, att.d_k
+    L, d, per = att.heads, att.d_k, att.per_kernel
     split = lambda y: y.view(b, t, L, d).transpose(1, 2)
     q, k, v = split(att.query(x)), split(att.key(x)), split(att.value(x))
     heads = []
     for l in range(att.La):
         pq, pk = att.abs_query[l](absolute[l]), att.abs_key[l](absolute[l])
-        heads.append((q[:, l] + pq) @ (k[:, l] + pk).transpose(-1, -2))
+        for g in range(per):
+            head, part = l * per + g, slice(g * d, (g + 1) * d)
+            heads.append((q[:, head] + pq[..., part]) @ (k[:, head] + pk[..., part]).transpose(-1, -2))
     for r in range(att.Lr):
-        R = att.rel_key[r](kernels[r])                                  # B T T d, as the original
-        ql = q[:, att.La + r]
-        heads.append(ql @ k[:, att.La + r].transpose(-1, -2)
-                     + torch.einsum("bid,bijd->bij", ql + att.rel_bias[r], R))
+        R = att.rel_key[r](kernels[r])                                  # B T T per*d, as the original
+        for g in range(per):
+            head = (att.La + r) * per + g
+            ql = q[:, head]
+            heads.append(ql @ k[:, head].transpose(-1, -2)
+                         + torch.einsum("bid,bijd->bij", ql + att.rel_bias[r * per + g], R[..., g * d:(g + 1) * d]))
     scores = torch.stack(heads, 1) / math.sqrt(d)
     p = scores.masked_fill(~key_mask, -1e9).softmax(-1)
     return att.output((p @ v).transpose(1, 2).reshape(b, t, h))
 
 
 @pytest.mark.parametrize("abs_kinds,rel_kinds", [("p-d", "s-l"), ("c", "e"), ("", "s-e-l"), ("p-d-c", "")])
-@pytest.mark.parametrize("chunk", [1 << 22, 300])
-def test_meantime_attention_equals_materialised_formula(monkeypatch, abs_kinds, rel_kinds, chunk):
+@pytest.mark.parametrize("chunk,per_kernel", [(1 << 22, 1), (300, 1), (300, 2)])
+def test_meantime_attention_equals_materialised_formula(monkeypatch, abs_kinds, rel_kinds, chunk, per_kernel):
     monkeypatch.setattr(layers, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(1)
     batch = random_batch()
     h = 24
     n_abs, rels = len([k for k in abs_kinds.split("-") if k]), [k for k in rel_kinds.split("-") if k]
-    att = MixedAttention(h, n_abs, len(rels), dropout=0.0).double()
+    att = MixedAttention(h * per_kernel, n_abs, len(rels), dropout=0.0, heads_per_kernel=per_kernel).double()
+    h = h * per_kernel
     torch.nn.init.normal_(att.rel_bias, 0, 0.5)
     for lin in att.rel_key:
         torch.nn.init.normal_(lin.bias, 0, 0.5)
@@ -198,7 +204,7 @@ def test_relative_terms_gradcheck_with_dropout(monkeypatch):
     assert not torch.allclose(out, full)                      # dropout did something
 
     kernels = RelativeKernels(["s", "l"], times, 6, 10000.0, 1, 0.4, training=True)
-    u = torch.randn(b, 2, t, 6, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(b, 2, 2, t, 6, dtype=torch.float64, requires_grad=True)   # 2 kernels x 2 heads
     assert torch.autograd.gradcheck(lambda u: layers.KernelTerm.apply(u, kernels, kernels.drop), (u,))
 
 
@@ -348,12 +354,15 @@ def test_init_follows_reference_and_model_init_seed():
         assert torch.all((stds > 0.015) & (stds < 0.025)), (template, stds)
 
 
-def test_meantime_heads_are_the_kernels():
-    a = model("train_meantime", num_heads=2, hidden_units=16)
-    b = model("train_meantime", num_heads=8, hidden_units=16)
-    assert a.blocks[0].attention.heads == 4 == b.blocks[0].attention.heads
-    assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
-    assert model("train_meantime", absolute_kernel_types="c", relative_kernel_types="e").blocks[0].attention.heads == 2
+def test_meantime_num_heads_is_heads_per_kernel():
+    """The original ignored num_heads (one head per kernel); here it counts heads per kernel."""
+    one = model("train_meantime", num_heads=1, hidden_units=16)   # the template value: the original
+    two = model("train_meantime", num_heads=2, hidden_units=16)
+    assert one.blocks[0].attention.heads == 4 and two.blocks[0].attention.heads == 8
+    assert two.blocks[0].attention.d_k == 2
+    assert [p.numel() for p in one.parameters()] == [p.numel() for p in two.parameters()]  # same size, split finer
+    small = model("train_meantime", num_heads=1, absolute_kernel_types="c", relative_kernel_types="e")
+    assert small.blocks[0].attention.heads == 2
     with pytest.raises(UserError, match="absolute_kernel_types"):
         model("train_meantime", absolute_kernel_types="p-x")
     with pytest.raises(UserError, match="divisible"):

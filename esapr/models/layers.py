@@ -515,30 +515,33 @@ class IntervalValueTerm(torch.autograd.Function):
 
 
 class KernelTerm(torch.autograd.Function):
-    """MEANTIME's relative-kernel scores sum_h u_ih k_ij,h for each relative head:
-    u [B, Lr, Tq, H] -> [B, Lr, Tq, T], the kernels from ``kernels.kernel(r, start, stop, Tq)``."""
+    """MEANTIME's relative-kernel scores sum_h u_ih k_ij,h for each head of each relative kernel:
+    u [B, Lr, heads, Tq, H] -> [B, Lr, heads, Tq, T], the kernels from
+    ``kernels.kernel(r, start, stop, Tq)`` (one dropped kernel serves all heads of kernel r)."""
 
     @staticmethod
     def forward(ctx, u, kernels, drop):
-        b, lr, rows, hidden = u.shape
+        b, lr, heads, rows, hidden = u.shape
         length = kernels.times.size(1)
-        out = u.new_empty(b, lr, rows, length)
+        out = u.new_empty(b, lr, heads, rows, length)
         for start, stop in chunk_starts(b, rows * length * hidden):
             for r in range(lr):
                 k = kernels.kernel(r, start, stop, rows).to(u.dtype)
-                k = masked(k, drop.keep(k, r, start))
-                out[start:stop, r] = torch.matmul(k, u[start:stop, r].unsqueeze(-1)).squeeze(-1)
+                k = masked(k, drop.keep(k, r, start))                             # b Tq T H
+                scores = torch.matmul(k, u[start:stop, r].permute(0, 2, 3, 1))    # b Tq T heads
+                out[start:stop, r] = scores.permute(0, 3, 1, 2)
         ctx.config = (kernels, drop, u.shape)
         return out.mul_(drop.scale) if drop.scale != 1.0 else out
 
     @staticmethod
     def backward(ctx, grad):
         kernels, drop, shape = ctx.config
-        b, lr, rows, hidden = shape
+        b, lr, heads, rows, hidden = shape
         grad_u = grad.new_empty(shape)
         for start, stop in chunk_starts(b, rows * kernels.times.size(1) * hidden):
             for r in range(lr):
                 k = kernels.kernel(r, start, stop, rows).to(grad.dtype)
-                k = masked(k, drop.keep(k, r, start))
-                grad_u[start:stop, r] = torch.matmul(grad[start:stop, r].unsqueeze(-2), k).squeeze(-2)
+                k = masked(k, drop.keep(k, r, start))                             # b Tq T H
+                g = torch.matmul(grad[start:stop, r].permute(0, 2, 1, 3), k)      # b Tq heads H
+                grad_u[start:stop, r] = g.permute(0, 2, 1, 3)
         return (grad_u.mul_(drop.scale) if drop.scale != 1.0 else grad_u), None, None

@@ -9,9 +9,12 @@ F = ``freq``: ``s`` [sin(dt w), cos(dt w)], w_k = F^(-2k/H); ``e`` exp(-|dt| w),
 ``l`` log(1 + |dt| w). Head r (relative): score_ij = Q_i . K_j + (Q_i + b_r) . R_ij with
 R_ij = Linear_r(drop(kernel_ij)) (H -> d_k).
 
-**Heads.** As in the original, the number of heads is the number of kernels (La + Lr) and
-d_k = hidden_units / (La + Lr); ``num_heads`` is not used by this model (the template's 2 heads
-become 4 with p-d and s-l).
+**Heads** (a fix): the original ignores ``num_heads`` and gives each kernel one head (La + Lr heads,
+d_k = hidden / (La + Lr)). Here ``num_heads`` is the number of heads per kernel: La + Lr kernels
+give num_heads * (La + Lr) heads with d_k = hidden / that; head g of kernel l has its own query and
+key projections of the absolute kernel (or its own projection of the relative kernel and bias b),
+and all heads of a relative kernel share one dropped kernel tensor. ``num_heads: 1`` (set in
+``train_meantime``) is exactly the original's architecture.
 
 Blocks: Sublayer(mixed attention), Sublayer(FFN 4H, GELU, middle dropout), then a dropout on the
 block output; no final LayerNorm. The token embedding and every kernel go through dropout; no
@@ -96,19 +99,21 @@ class RelativeKernels:
 
 
 class MixedAttention(nn.Module):
-    def __init__(self, hidden: int, n_absolute: int, n_relative: int, dropout: float):
+    def __init__(self, hidden: int, n_absolute: int, n_relative: int, dropout: float, heads_per_kernel: int = 1):
         super().__init__()
-        heads = n_absolute + n_relative
+        self.per_kernel = heads_per_kernel
+        heads = heads_per_kernel * (n_absolute + n_relative)
         self.La, self.Lr, self.heads = n_absolute, n_relative, heads
         self.d_k = hidden // heads
         self.scale = 1.0 / math.sqrt(self.d_k)
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
-        self.abs_query = nn.ModuleList(nn.Linear(hidden, self.d_k) for _ in range(n_absolute))
-        self.abs_key = nn.ModuleList(nn.Linear(hidden, self.d_k) for _ in range(n_absolute))
-        self.rel_key = nn.ModuleList(nn.Linear(hidden, self.d_k) for _ in range(n_relative))
-        self.rel_bias = nn.Parameter(torch.zeros(n_relative, self.d_k))
+        width = heads_per_kernel * self.d_k  # one kernel's heads
+        self.abs_query = nn.ModuleList(nn.Linear(hidden, width) for _ in range(n_absolute))
+        self.abs_key = nn.ModuleList(nn.Linear(hidden, width) for _ in range(n_absolute))
+        self.rel_key = nn.ModuleList(nn.Linear(hidden, width) for _ in range(n_relative))
+        self.rel_bias = nn.Parameter(torch.zeros(n_relative * heads_per_kernel, self.d_k))
         self.output = nn.Linear(hidden, hidden)
         self.dropout = Dropout(dropout)
 
@@ -119,28 +124,33 @@ class MixedAttention(nn.Module):
         k = split_heads(self.key(key_value), self.heads)        # B h T d
         v = split_heads(self.value(key_value), self.heads)
         parts = []
+        n_abs, per = self.La * self.per_kernel, self.per_kernel   # heads of the absolute kernels come first
         if self.La:
-            pq = torch.stack([lin(a[:, -rows:]) for lin, a in zip(self.abs_query, absolute)], 1)
-            pk = torch.stack([lin(a) for lin, a in zip(self.abs_key, absolute)], 1)
-            parts.append(torch.matmul(q[:, :self.La] + pq, (k[:, :self.La] + pk).transpose(-2, -1)))
+            pq = torch.cat([split_heads(lin(a[:, -rows:]), per) for lin, a in zip(self.abs_query, absolute)], 1)
+            pk = torch.cat([split_heads(lin(a), per) for lin, a in zip(self.abs_key, absolute)], 1)
+            parts.append(torch.matmul(q[:, :n_abs] + pq, (k[:, :n_abs] + pk).transpose(-2, -1)))
         if self.Lr:
-            qr = q[:, self.La:] + self.rel_bias.unsqueeze(1).to(q.dtype)          # B Lr Tq d
-            content = torch.matmul(q[:, self.La:], k[:, self.La:].transpose(-2, -1))
-            weight = torch.stack([lin.weight for lin in self.rel_key])             # Lr d H
-            bias = torch.stack([lin.bias for lin in self.rel_key])                 # Lr d
-            u = torch.einsum("brid,rdh->brih", qr, weight.to(qr.dtype))            # B Lr Tq H
-            constant = torch.einsum("brid,rd->bri", qr, bias.to(qr.dtype)).unsqueeze(-1)
+            b = q.size(0)
+            qr = q[:, n_abs:] + self.rel_bias.unsqueeze(1).to(q.dtype)            # B Lr*per Tq d
+            content = torch.matmul(q[:, n_abs:], k[:, n_abs:].transpose(-2, -1))
+            qr = qr.view(b, self.Lr, per, rows, self.d_k)
+            weight = torch.stack([lin.weight.view(per, self.d_k, -1) for lin in self.rel_key])  # Lr per d H
+            bias = torch.stack([lin.bias.view(per, self.d_k) for lin in self.rel_key])          # Lr per d
+            u = torch.einsum("brkid,rkdh->brkih", qr, weight.to(qr.dtype))        # B Lr per Tq H
+            constant = torch.einsum("brkid,rkd->brki", qr, bias.to(qr.dtype)).unsqueeze(-1)
             kernel_scores = KernelTerm.apply(widened(u), relative, relative.drop)
-            parts.append(content + constant + kernel_scores.to(content.dtype))
+            relative_scores = constant + kernel_scores.to(content.dtype)           # B Lr per Tq T
+            parts.append(content + relative_scores.reshape(b, self.Lr * per, rows, -1))
         scores = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         probs = attention_probs(scores * self.scale, mask, self.dropout)
         return self.output(merge_heads(torch.matmul(probs, v)))
 
 
 class MeantimeBlock(nn.Module):
-    def __init__(self, hidden: int, n_absolute: int, n_relative: int, dropout: float, ln_type: str):
+    def __init__(self, hidden: int, n_absolute: int, n_relative: int, dropout: float, ln_type: str,
+                 heads_per_kernel: int):
         super().__init__()
-        self.attention = MixedAttention(hidden, n_absolute, n_relative, dropout)
+        self.attention = MixedAttention(hidden, n_absolute, n_relative, dropout, heads_per_kernel)
         self.feed_forward = FeedForward(hidden, 4 * hidden, dropout, "gelu", middle_dropout=True)
         self.attention_sublayer = Sublayer(hidden, dropout, ln_type)
         self.feed_forward_sublayer = Sublayer(hidden, dropout, ln_type)
@@ -157,8 +167,7 @@ class MeantimeBlock(nn.Module):
 
 
 class MEANTIME(SequentialModel):
-    """MEANTIME. The number of attention heads is the number of kernels (La + Lr), as in the
-    original; ``num_heads`` is not used (see the module docstring)."""
+    """MEANTIME with ``num_heads`` attention heads per kernel (see the module docstring)."""
     batch_builder = BertBatches
 
     @staticmethod
@@ -175,12 +184,12 @@ class MEANTIME(SequentialModel):
         hidden = self.hidden = config.hidden_units
         self.absolute_kinds = parse_kernels(config.absolute_kernel_types, ABSOLUTE, "absolute_kernel_types")
         self.relative_kinds = parse_kernels(config.relative_kernel_types, RELATIVE, "relative_kernel_types")
-        heads = len(self.absolute_kinds) + len(self.relative_kinds)
-        if heads == 0:
+        kernels = len(self.absolute_kinds) + len(self.relative_kinds)
+        if kernels == 0:
             raise UserError("MEANTIME needs at least one kernel in absolute_kernel_types or relative_kernel_types")
-        if hidden % heads:
-            raise UserError(f"MEANTIME uses one head per kernel: hidden_units ({hidden}) must be divisible by "
-                            f"the number of kernels ({heads})")
+        if config.num_heads < 1 or hidden % (config.num_heads * kernels):
+            raise UserError(f"MEANTIME uses num_heads heads per kernel: hidden_units ({hidden}) must be divisible "
+                            f"by num_heads ({config.num_heads}) x the number of kernels ({kernels})")
         if "s" in self.relative_kinds and hidden % 2:
             raise UserError(f"the sinusoid kernel needs an even hidden_units, got {hidden}")
         self.n_classes = info.n_items + 1
@@ -198,7 +207,7 @@ class MEANTIME(SequentialModel):
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             MeantimeBlock(hidden, len(self.absolute_kinds), len(self.relative_kinds), config.dropout,
-                          config.residual_ln_type)
+                          config.residual_ln_type, config.num_heads)
             for _ in range(config.num_blocks))
         self.head = make_head(config.headtype, hidden, self.token, self.n_classes, config.head_use_ln)
         init_weights(self, config.model_init_range)
