@@ -425,6 +425,24 @@ def clipped_intervals(times_q: torch.Tensor, times_k: torch.Tensor, clip: int) -
     return (times_q.unsqueeze(2) - times_k.unsqueeze(1)).abs_().clamp_(max=clip)
 
 
+def dropped_relations(times_q, times_k, clip: int, drop: PairDropout, stream: int, tables, per_example: int):
+    """TiSASRec's relation embeddings, a chunk of examples and one head at a time:
+    (start, stop, head, flat intervals, dropped R [b, Tq, T, d], keep mask). The masks are a
+    function of (stream, start, head), so forward and backward see the same ones."""
+    for start, stop in chunk_starts(times_q.size(0), per_example):
+        iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
+        for h, table in enumerate(tables):
+            r = F.embedding(iv, table)
+            keep = drop.keep(r, stream, start, h)
+            yield start, stop, h, iv.reshape(-1), masked(r, keep), keep
+
+
+def scaled_(tensors, scale: float) -> None:
+    if scale != 1.0:
+        for t in tensors:
+            t.mul_(scale)
+
+
 class IntervalKeyTerm(torch.autograd.Function):
     """TiSASRec's q_i . R^K_ij per head: q [B, n, Tq, d], one contiguous [V, d] table per head
     -> [B, n, Tq, T]."""
@@ -434,15 +452,13 @@ class IntervalKeyTerm(torch.autograd.Function):
         b, n, rows, d = q.shape
         length = times_k.size(1)
         out = q.new_empty(b, n, rows, length)
-        for start, stop in chunk_starts(b, rows * length * d):
-            iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
-            for h, table in enumerate(tables):
-                r = F.embedding(iv, table)
-                r = masked(r, drop.keep(r, stream, start, h))
-                out[start:stop, h] = torch.matmul(r, q[start:stop, h].unsqueeze(-1)).squeeze(-1)
+        for start, stop, h, _, r, _ in dropped_relations(times_q, times_k, clip, drop, stream, tables,
+                                                          rows * length * d):
+            out[start:stop, h] = torch.matmul(r, q[start:stop, h].unsqueeze(-1)).squeeze(-1)
         ctx.save_for_backward(q, times_q, times_k, *tables)
         ctx.config = (clip, drop, stream)
-        return out.mul_(drop.scale) if drop.scale != 1.0 else out
+        scaled_([out], drop.scale)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -451,22 +467,14 @@ class IntervalKeyTerm(torch.autograd.Function):
         b, n, rows, d = q.shape
         grad_q = torch.empty_like(q)
         grad_tables = [torch.zeros_like(t) for t in tables]
-        for start, stop in chunk_starts(b, rows * times_k.size(1) * d):
-            iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
-            flat = iv.reshape(-1)
-            for h, table in enumerate(tables):
-                r = F.embedding(iv, table)
-                keep = drop.keep(r, stream, start, h)
-                r = masked(r, keep)
-                g = grad[start:stop, h]                                          # b Tq T
-                grad_q[start:stop, h] = torch.matmul(g.unsqueeze(-2), r).squeeze(-2)
-                # d/dE[v] = sum over the pairs with interval v of g_ij q_i (where not dropped)
-                contrib = masked(g.unsqueeze(-1) * q[start:stop, h].unsqueeze(2), keep)
-                grad_tables[h].index_put_((flat,), contrib.reshape(-1, d), accumulate=True)
-        if drop.scale != 1.0:
-            grad_q.mul_(drop.scale)
-            for g in grad_tables:
-                g.mul_(drop.scale)
+        for start, stop, h, flat, r, keep in dropped_relations(times_q, times_k, clip, drop, stream, tables,
+                                                                rows * times_k.size(1) * d):
+            g = grad[start:stop, h]                                              # b Tq T
+            grad_q[start:stop, h] = torch.matmul(g.unsqueeze(-2), r).squeeze(-2)
+            # d/dE[v] = sum over the pairs with interval v of g_ij q_i (where not dropped)
+            contrib = masked(g.unsqueeze(-1) * q[start:stop, h].unsqueeze(2), keep)
+            grad_tables[h].index_put_((flat,), contrib.reshape(-1, d), accumulate=True)
+        scaled_([grad_q, *grad_tables], drop.scale)
         return (grad_q, None, None, None, None, None, *grad_tables)
 
 
@@ -478,15 +486,13 @@ class IntervalValueTerm(torch.autograd.Function):
         b, n, rows, length = probs.shape
         d = tables[0].size(1)
         out = probs.new_empty(b, n, rows, d)
-        for start, stop in chunk_starts(b, rows * length * d):
-            iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
-            for h, table in enumerate(tables):
-                r = F.embedding(iv, table)
-                r = masked(r, drop.keep(r, stream, start, h))
-                out[start:stop, h] = torch.matmul(probs[start:stop, h].unsqueeze(-2), r).squeeze(-2)
+        for start, stop, h, _, r, _ in dropped_relations(times_q, times_k, clip, drop, stream, tables,
+                                                          rows * length * d):
+            out[start:stop, h] = torch.matmul(probs[start:stop, h].unsqueeze(-2), r).squeeze(-2)
         ctx.save_for_backward(probs, times_q, times_k, *tables)
         ctx.config = (clip, drop, stream)
-        return out.mul_(drop.scale) if drop.scale != 1.0 else out
+        scaled_([out], drop.scale)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -496,21 +502,13 @@ class IntervalValueTerm(torch.autograd.Function):
         d = tables[0].size(1)
         grad_probs = torch.empty_like(probs)
         grad_tables = [torch.zeros_like(t) for t in tables]
-        for start, stop in chunk_starts(b, rows * length * d):
-            iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
-            flat = iv.reshape(-1)
-            for h, table in enumerate(tables):
-                r = F.embedding(iv, table)
-                keep = drop.keep(r, stream, start, h)
-                r = masked(r, keep)
-                g = grad[start:stop, h]                                          # b Tq d
-                grad_probs[start:stop, h] = torch.matmul(r, g.unsqueeze(-1)).squeeze(-1)
-                contrib = masked(probs[start:stop, h].unsqueeze(-1) * g.unsqueeze(2), keep)
-                grad_tables[h].index_put_((flat,), contrib.reshape(-1, d), accumulate=True)
-        if drop.scale != 1.0:
-            grad_probs.mul_(drop.scale)
-            for g in grad_tables:
-                g.mul_(drop.scale)
+        for start, stop, h, flat, r, keep in dropped_relations(times_q, times_k, clip, drop, stream, tables,
+                                                                rows * length * d):
+            g = grad[start:stop, h]                                              # b Tq d
+            grad_probs[start:stop, h] = torch.matmul(r, g.unsqueeze(-1)).squeeze(-1)
+            contrib = masked(probs[start:stop, h].unsqueeze(-1) * g.unsqueeze(2), keep)
+            grad_tables[h].index_put_((flat,), contrib.reshape(-1, d), accumulate=True)
+        scaled_([grad_probs, *grad_tables], drop.scale)
         return (grad_probs, None, None, None, None, None, *grad_tables)
 
 
@@ -531,7 +529,8 @@ class KernelTerm(torch.autograd.Function):
                 scores = torch.matmul(k, u[start:stop, r].permute(0, 2, 3, 1))    # b Tq T heads
                 out[start:stop, r] = scores.permute(0, 3, 1, 2)
         ctx.config = (kernels, drop, u.shape)
-        return out.mul_(drop.scale) if drop.scale != 1.0 else out
+        scaled_([out], drop.scale)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -544,4 +543,5 @@ class KernelTerm(torch.autograd.Function):
                 k = masked(k, drop.keep(k, r, start))                             # b Tq T H
                 g = torch.matmul(grad[start:stop, r].permute(0, 2, 1, 3), k)      # b Tq heads H
                 grad_u[start:stop, r] = g.permute(0, 2, 1, 3)
-        return (grad_u.mul_(drop.scale) if drop.scale != 1.0 else grad_u), None, None
+        scaled_([grad_u], drop.scale)
+        return grad_u, None, None
