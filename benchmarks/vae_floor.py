@@ -1,0 +1,74 @@
+"""The arithmetic floor of a VAE epoch on this machine, next to the epoch itself.
+
+Whatever the loader, an exact ESAPR step computes a softmax over every item, so the decoder's
+last layer (hidden -> n_items+1) must run forward, backward to its input and backward to its
+weights, in full, for every example. This times those three products plus the log-softmax on the
+real epoch's batch shapes and compares them with a whole training epoch of the template. Their sum
+times the number of epochs is a lower bound for the run's training time. Prints JSON lines.
+
+    python benchmarks/vae_floor.py --data_file ../shared/data/ml-100k-original-order/ratings.csv --epochs 275
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from esapr.config import build_config  # noqa: E402
+from esapr.data.prepare import prepare_data  # noqa: E402
+from esapr.training.trainer import Trainer, seed_everything  # noqa: E402
+
+
+def output_layer_seconds(batch_sizes: list[int], hidden: int, vocab: int, repeats: int) -> float:
+    """Best of ``repeats`` epochs of: logits = h W^T + b, log_softmax, its backward, dX and dW."""
+    weight = torch.randn(vocab, hidden) * 0.01
+    bias = torch.zeros(vocab)
+    inputs = [torch.randn(b, hidden) for b in batch_sizes]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for h in inputs:
+            logits = torch.addmm(bias, h, weight.t())
+            logp = torch.log_softmax(logits, dim=1)
+            grad_logits = torch._log_softmax_backward_data(logp, logp, 1, logp.dtype)
+            grad_logits.mm(weight)          # to the hidden layer
+            grad_logits.t().mm(h)           # to the weights
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_file", required=True)
+    parser.add_argument("--templates", default="train_vae")
+    parser.add_argument("--epochs", type=int, default=275, help="epochs of the run to project (VAE_tw on ML-100K: 275)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    config = build_config([args.templates], {"data_file": args.data_file, "legacy_negatives": True, "device": "cpu"})
+    trainer = Trainer(config, prepare_data(config), progress=False)
+    sizes = [len(batch["label"]) for batch in trainer.batches.train_batches(1)]
+    seed_everything(1)
+    trainer.train_epoch(1)  # warm-up
+    epoch_s = float("inf")
+    for epoch in range(2, 2 + args.repeats):
+        start = time.perf_counter()
+        trainer.train_epoch(epoch)
+        epoch_s = min(epoch_s, time.perf_counter() - start)
+    hidden = (config.encoder_hidden_layer or [config.encode_len])[0]
+    floor_s = output_layer_seconds(sizes, hidden, trainer.data.sequences.n_items + 1, args.repeats)
+    print(json.dumps({"what": "VAE training epoch vs its output-layer floor", "templates": args.templates,
+                      "threads": torch.get_num_threads(), "batches": len(sizes), "examples": sum(sizes),
+                      "items": trainer.data.sequences.n_items, "epoch_s": round(epoch_s, 3),
+                      "output_layer_s": round(floor_s, 3), "share": round(floor_s / epoch_s, 2),
+                      "epochs": args.epochs, "run_training_s": round(epoch_s * args.epochs, 1),
+                      "run_floor_s": round(floor_s * args.epochs, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
