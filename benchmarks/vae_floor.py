@@ -7,6 +7,7 @@ real epoch's batch shapes and compares them with a whole training epoch of the t
 times the number of epochs is a lower bound for the run's training time. Prints JSON lines.
 
     python benchmarks/vae_floor.py --data_file ../shared/data/ml-100k-original-order/ratings.csv --epochs 275
+    python benchmarks/vae_floor.py --size ml-1m --epochs 1     # bench_train.py's synthetic data
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from esapr.config import build_config  # noqa: E402
 from esapr.data.prepare import prepare_data  # noqa: E402
 from esapr.training.trainer import Trainer, seed_everything  # noqa: E402
+
+from bench_train import SIZES, synthetic_data  # noqa: E402
 
 
 def output_layer_seconds(batch_sizes: list[int], hidden: int, vocab: int, repeats: int) -> float:
@@ -45,13 +48,20 @@ def output_layer_seconds(batch_sizes: list[int], hidden: int, vocab: int, repeat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_file", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_file", help="a ratings file (legacy negatives)")
+    source.add_argument("--size", choices=sorted(SIZES), help="synthetic data of this dataset's size")
     parser.add_argument("--templates", default="train_vae")
     parser.add_argument("--epochs", type=int, default=275, help="epochs of the run to project (VAE_tw on ML-100K: 275)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = build_config([args.templates], {"data_file": args.data_file, "legacy_negatives": True, "device": "cpu"})
-    trainer = Trainer(config, prepare_data(config), progress=False)
+    if args.data_file:
+        config = build_config([args.templates], {"data_file": args.data_file, "legacy_negatives": True, "device": "cpu"})
+        data = prepare_data(config)
+    else:
+        config = build_config([args.templates], {"device": "cpu"})
+        data = synthetic_data(args.size, config)
+    trainer = Trainer(config, data, progress=False)
     sizes = [len(batch["label"]) for batch in trainer.batches.train_batches(1)]
     seed_everything(1)
     trainer.train_epoch(1)  # warm-up
@@ -63,6 +73,7 @@ def main() -> None:
     hidden = (config.encoder_hidden_layer or [config.encode_len])[0]
     floor_s = output_layer_seconds(sizes, hidden, trainer.data.sequences.n_items + 1, args.repeats)
     print(json.dumps({"what": "VAE training epoch vs its output-layer floor", "templates": args.templates,
+                      "data": args.size or args.data_file,
                       "threads": torch.get_num_threads(), "batches": len(sizes), "examples": sum(sizes),
                       "items": trainer.data.sequences.n_items, "epoch_s": round(epoch_s, 3),
                       "output_layer_s": round(floor_s, 3), "share": round(floor_s / epoch_s, 2),
