@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from esapr.config import build_config  # noqa: E402
+from esapr.data.batches.types import BagBatch, SequenceBatch  # noqa: E402
 from esapr.data.batches.vae import last_occurrence  # noqa: E402
 from esapr.data.negatives import sample_negatives  # noqa: E402
 from esapr.data.prepare import PreparedData  # noqa: E402
@@ -149,6 +150,18 @@ def original_weights(n: int, constant: float) -> torch.Tensor:
     return constant ** (-torch.floor(torch.log2(d + 0.5)))
 
 
+def typed_batch(batch: dict, device: torch.device) -> BagBatch | SequenceBatch:
+    """The original loaders' dict on the device, as the batch type the models take."""
+    batch = {key: value.to(device) for key, value in batch.items()}
+    users = torch.zeros(len(next(iter(batch.values()))), dtype=torch.long, device=device)
+    if "bag" in batch:
+        slots = batch["label"][:, :-1]
+        return BagBatch(users=users, labels=batch["label"], bag=batch["bag"], slots=slots,
+                        last=last_occurrence(slots), candidates=batch.get("candidates"))
+    return SequenceBatch(users=users, tokens=batch["tokens"], labels=batch.get("labels"),
+                         negatives=batch.get("negative_labels"), candidates=batch.get("candidates"))
+
+
 def left_pad(values: list[int], n: int) -> torch.Tensor:
     return torch.tensor([0] * (n - len(values)) + values, dtype=torch.long)
 
@@ -156,7 +169,7 @@ def left_pad(values: list[int], n: int) -> torch.Tensor:
 def original_eval_batch(trainer: Trainer, users: range) -> dict:
     """Validation inputs built user by user on the host, as the original's eval datasets."""
     config, seqs = trainer.config, trainer.data.sequences
-    n, rows, cands = config.max_len, [], []
+    n, rows, labels, cands = config.max_len, [], [], []
     for u in users:
         answer_at = seqs.offsets[u + 1] - 2
         start = seqs.offsets[u]
@@ -166,14 +179,17 @@ def original_eval_batch(trainer: Trainer, users: range) -> dict:
             bag = torch.zeros(seqs.n_items + 1)
             bag[label[:-1]] += original_weights(n, config.weight_constant)[:-1]
             rows.append(bag)
+            labels.append(label)
         elif config.model_code == "bert":
             window = seqs.items[max(start, answer_at + 1 - n): answer_at + 1].tolist()
             rows.append(left_pad(window[:-1] + [seqs.n_items + 1], n))
         else:
             rows.append(left_pad(seqs.items[max(start, answer_at - n): answer_at].tolist(), n))
         cands.append(torch.as_tensor(np.concatenate([[seqs.items[answer_at]], trainer.data.test_negatives[u]])))
-    key = "bag" if config.model_code == "vae" else "tokens"
-    return {key: torch.stack(rows).to(trainer.device), "candidates": torch.stack(cands).long().to(trainer.device)}
+    batch = {"bag" if config.model_code == "vae" else "tokens": torch.stack(rows), "candidates": torch.stack(cands).long()}
+    if labels:
+        batch["label"] = torch.stack(labels)
+    return typed_batch(batch, trainer.device)
 
 
 def original_metrics(scores: torch.Tensor, ks) -> dict:
@@ -202,12 +218,9 @@ def time_original(trainer: Trainer, max_batches: int | None) -> dict:
     for batch in loader:
         if max_batches is not None and done >= max_batches:
             break
-        batch = {key: value.to(device) for key, value in batch.items()}
-        if config.model_code == "vae":
-            batch["slots"] = batch["label"][:, :-1]
-            batch["last"] = last_occurrence(batch["slots"])
+        batch = typed_batch(batch, device)
         trainer.optimizer.zero_grad()
-        model.loss(batch).backward()
+        model(batch).backward()
         if config.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
         trainer.optimizer.step()
@@ -218,7 +231,7 @@ def time_original(trainer: Trainer, max_batches: int | None) -> dict:
     for batch in loader:
         if max_batches is not None and built >= max_batches:
             break
-        batch = {key: value.to(device) for key, value in batch.items()}
+        batch = typed_batch(batch, device)
         built += 1
     sync(device)
     batches_s = (time.perf_counter() - start) * len(loader) / max(1, built)

@@ -59,7 +59,7 @@ def main() -> None:
         config = build_config([args.templates], {"device": "cpu"})
         data = synthetic_data(args.size, config)
     trainer = Trainer(config, data, progress=False)
-    sizes = [len(batch["label"]) for batch in trainer.batches.train_batches(1)]
+    sizes = [len(batch) for batch in trainer.batches.train_batches(1)]
     seed_everything(1)
     trainer.train_epoch(1)  # warm-up
     epoch_s = float("inf")

@@ -10,24 +10,68 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 from esapr.config import OPTIONS, build_config, describe_options, template_names
 from esapr.errors import UserError
+from esapr.registry import FAMILIES
 
-USAGE = """usage: esapr COMMAND [--option value ...]
 
-commands:
-  data stats     print dataset statistics (--json for JSON)
-  data prepare   download, preprocess and sample negatives ahead of training
-  train          train a model: esapr train --templates train_vae [--option value ...]
-  evaluate       re-evaluate a saved experiment: --experiment PATH [--split val|test]
-  results        table of experiments: --root ROOT [--png FILE] [--split test|val] [--curves DIR]
-  recommend      top-k for a user: --experiment PATH --user ID [-k 10] (or --items ID ... for a new history)
-  options        list every option with its default and help
+@dataclass(frozen=True)
+class Command:
+    name: str
+    target: str                         # "module:function", imported only when the command runs
+    summary: str
+    usage: str
+    flags: dict[str, str] = field(default_factory=dict)   # the command's own --flags and their help
+    option_groups: tuple[str, ...] | None = ()            # Config groups it accepts (None: all)
 
-templates: {templates}
-"""
+
+DATA_GROUPS = ("data", "negatives")
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("data", "esapr.cli:cmd_data", "dataset statistics, or download + preprocess + negatives ahead of time",
+            "esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]",
+            {"json": "print statistics as JSON"}, DATA_GROUPS + ("run",)),
+    Command("train", "esapr.commands:cmd_train", "train a model and test its best weights",
+            "esapr train --templates train_vae [--option value ...]",
+            {"quiet": "print only errors and the final metrics"}, None),
+    Command("evaluate", "esapr.commands:cmd_evaluate", "re-evaluate a saved experiment (writes nothing)",
+            "esapr evaluate --experiment PATH [--split val|test] [--json]",
+            {"experiment": "the experiment folder", "split": "val or test (default test)",
+             "json": "print the metrics as JSON"}, ("run", "data", "batches")),
+    Command("results", "esapr.results:cmd_results", "a table of finished experiments (and figures)",
+            "esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]",
+            {"root": "experiment folders or roots to search (default: experiments)", "png": "save the table figure",
+             "split": "test or val (default test)", "curves": "save each experiment's learning curves here",
+             "metrics": "the metric columns, in order", "digits": "decimals shown (default 4)"}),
+    Command("recommend", "esapr.recommend:cmd_recommend", "top-k items for a user or a new history",
+            "esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--data_folder DIR] [--json]",
+            {"experiment": "the experiment folder", "user": "a known user's id", "items": "a new history of item ids "
+             "(oldest first)", "k": "how many items (default 10)", "data_folder": "where the data lives now",
+             "json": "print JSON records"}, ("run",)),
+    Command("options", "esapr.cli:cmd_options", "every option with its help and default (or the templates' values)",
+            "esapr options [--templates NAME ...]", {"templates": "show the values these templates give"}),
+)}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: esapr COMMAND [--option value ...]   (esapr COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS.values()]
+    lines += ["", f"templates: {', '.join(template_names())}", f"models:    {', '.join(FAMILIES)}"]
+    return "\n".join(lines)
+
+
+def command_help(command: Command) -> str:
+    lines = [f"usage: {command.usage}", "", command.summary]
+    if command.flags:
+        lines += ["", "flags:"] + [f"  --{name}  {text}" for name, text in command.flags.items()]
+    if command.option_groups is None or command.option_groups:
+        lines += ["", "options (defaults < templates in order < options given):",
+                  describe_options(groups=command.option_groups)]
+    return "\n".join(lines)
 
 
 def parse_options(argv: list[str], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,31 +132,43 @@ def cmd_data(argv: list[str]) -> int:
 
 
 def cmd_options(argv: list[str]) -> int:
-    print(describe_options())
+    overrides, flags = parse_options(argv, extra=("templates",))
+    if overrides:
+        raise UserError(f"usage: {COMMANDS['options'].usage}")
+    templates = flags.get("templates")
+    templates = [templates] if isinstance(templates, str) else templates
+    print(describe_options(build_config(templates) if templates else None))
     return 0
 
 
-# name -> "module:function"; imported only when the command runs, so `esapr data` stays light.
-COMMANDS: dict[str, str] = {
-    "data": "esapr.cli:cmd_data",
-    "options": "esapr.cli:cmd_options",
-    "train": "esapr.commands:cmd_train",
-    "evaluate": "esapr.commands:cmd_evaluate",
-    "results": "esapr.results:cmd_results",
-    "recommend": "esapr.recommend:cmd_recommend",
-}
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"esapr: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE.format(templates=", ".join(template_names())))
+    warnings.formatwarning = _one_line_warning
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # the reader went away (``esapr ... | head``): stop quietly, without a second error at exit
+        sys.stdout = None
         return 0
-    command = argv[0]
-    if command not in COMMANDS:
-        print(f"esapr: error: unknown command '{command}'; run 'esapr --help'", file=sys.stderr)
+
+
+def _run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"esapr: error: unknown command '{name}'; run 'esapr --help'", file=sys.stderr)
         return 2
-    module, function = COMMANDS[command].split(":")
+    command = COMMANDS[name]
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(command_help(command))
+        return 0
+    module, function = command.target.split(":")
     try:
         return getattr(importlib.import_module(module), function)(argv[1:])
     except UserError as error:

@@ -97,21 +97,6 @@ def zip_experiment(path, destination) -> Path:
     return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
 
 
-def gpu_report() -> str:
-    """One line on the accelerator, with advice when there is none."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed yet; the install cell brings it"
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB"
-    if in_colab():
-        return ("No GPU in this runtime: choose Runtime > Change runtime type > GPU, then run all cells "
-                "again (on CPU, ML-1M takes hours; ml-100k or a few epochs work)")
-    return "No GPU: training runs on the CPU (fine for ml-100k or a few epochs; ML-1M takes hours)"
-
-
 def plan_run(config, overwrite: bool = False):
     """Decide what a notebook does with the chosen experiment folder. Returns (action, config):
 
@@ -126,7 +111,7 @@ def plan_run(config, overwrite: bool = False):
 
     experiment = Experiment(experiment_path(config))
     status = experiment.status()
-    if status is None and not (experiment.path / "config.json").is_file():
+    if status is None and not experiment.config_file.is_file():
         return "start", dataclasses.replace(config, resume=False, overwrite=False)
     if overwrite:
         return "overwrite", dataclasses.replace(config, resume=False, overwrite=True)

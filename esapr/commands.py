@@ -26,8 +26,8 @@ def format_metrics(metrics: dict, title: str) -> str:
 
 def cmd_train(argv: list[str]) -> int:
     from esapr.training.trainer import train
-    config, _ = _config_from(argv)
-    results = train(config)
+    config, flags = _config_from(argv, extra=("quiet",))
+    results = train(config, progress="quiet" if flags.get("quiet") else "auto")
     print(format_metrics(results["test"], f"test metrics of {results['experiment']} "
                                           f"(best epoch {results['best_epoch']} of {results['epochs']}, "
                                           f"{results['train_seconds']:.0f} s)"))
@@ -58,6 +58,6 @@ def cmd_evaluate(argv: list[str]) -> int:
     config = load_experiment_config(path, **overrides)
     trainer = Trainer(config, prepare_data(config), progress=False)
     trainer.load_best(Experiment(path))
-    metrics = trainer.evaluate(split)
+    metrics = trainer.evaluate(split).metrics
     print(json.dumps(metrics) if flags.get("json") else format_metrics(metrics, f"{split} metrics of {path}"))
     return 0

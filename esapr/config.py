@@ -8,26 +8,62 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import warnings
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from esapr.data.sources import SOURCES
 from esapr.errors import UserError
+from esapr.registry import FAMILIES, family
 
 
-def _opt(default, help: str, choices: tuple | None = None, group: str = "general"):
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers of an option (each element of a list option): low/high bounds, open or
+    closed, plus ``also`` (special values such as -1 for "no limit"). Floats must be finite."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+
+    def allows(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        text = " and ".join(parts) or "a finite number"
+        return text + "".join(f", or {v}" for v in self.also)
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)
+
+
+def _opt(default, help: str, choices: tuple | None = None, group: str = "general", valid: Range | None = None):
+    metadata = {"help": help, "choices": choices, "group": group, "valid": valid}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default),
-                     metadata={"help": help, "choices": choices, "group": group})
-    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-DATASET_CODES = ("ml-100k", "ml-1m", "ml-20m", "beauty", "game")
-MODEL_CODES = ("vae", "bert", "sas", "tisas", "meantime", "marank")
+DATASET_CODES = tuple(SOURCES)
+MODEL_CODES = tuple(FAMILIES)
 
 
 @dataclass
@@ -40,7 +76,7 @@ class Config:
     resume: bool = _opt(False, "continue an interrupted run from its last checkpoint", group="run")
     overwrite: bool = _opt(False, "replace a finished experiment in the same folder", group="run")
     checkpoint_every_seconds: float = _opt(30.0, "write the resumable checkpoint at most this often (0: every "
-                                                 "epoch); the best model is saved at every improvement", group="run")
+                                                 "epoch); the best model is saved at every improvement", group="run", valid=AT_LEAST_0)
     pilot: bool = _opt(False, "smoke test: one epoch of one batch, then test", group="run")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"), group="run")
     amp: bool | None = _opt(None, "mixed precision (bf16, or fp16 with a scaler); default: on for CUDA", group="run")
@@ -49,87 +85,78 @@ class Config:
     data_file: str | None = _opt(None, "your own ratings CSV/TSV (with header) or sequence file", group="data")
     data_url: str | None = _opt(None, "mirror URL (http(s) or Google Drive link) for the dataset", group="data")
     local_data_folder: str = _opt("./Data", "where raw data and caches live", group="data")
-    min_rating: float = _opt(0, "keep interactions with rating >= this", group="data")
-    min_uc: int = _opt(5, "keep users with at least this many interactions (after item filter)", group="data")
-    min_sc: int = _opt(5, "keep items with at least this many interactions", group="data")
+    min_rating: float = _opt(0, "keep interactions with rating >= this", group="data", valid=Range())
+    min_uc: int = _opt(5, "keep users with at least this many interactions (after item filter)", group="data", valid=AT_LEAST_0)
+    min_sc: int = _opt(5, "keep items with at least this many interactions", group="data", valid=AT_LEAST_0)
     split: str = _opt("leave_one_out", "evaluation split", ("leave_one_out",), "data")
     # --- negatives ------------------------------------------------------------------------
     train_negative_sampler_code: str = _opt("random", "training negative pool sampler", ("random", "popular"), "negatives")
-    train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)", group="negatives")
-    train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives")
+    train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)", group="negatives", valid=AT_LEAST_0)
+    train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives", valid=AT_LEAST_0)
     test_negative_sampler_code: str = _opt("popular", "evaluation negative sampler", ("random", "popular"), "negatives")
-    test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives")
-    test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives", group="negatives")
+    test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives", valid=AT_LEAST_1)
+    test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives", group="negatives", valid=AT_LEAST_0)
     legacy_negatives: bool = _opt(False, "reproduce the original's per-user numpy draws exactly", group="negatives")
     # --- batches ---------------------------------------------------------------------------
-    dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives", group="batches")
-    train_batch_size: int = _opt(256, "training batch size", group="batches")
-    val_batch_size: int = _opt(256, "validation batch size", group="batches")
-    test_batch_size: int = _opt(256, "test batch size", group="batches")
-    train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)", group="batches")
-    max_len: int = _opt(200, "window length", group="batches")
-    mask_prob: float = _opt(0.2, "BERT masking probability", group="batches")
+    dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives", group="batches", valid=AT_LEAST_0)
+    train_batch_size: int = _opt(256, "training batch size", group="batches", valid=AT_LEAST_1)
+    val_batch_size: int = _opt(256, "validation batch size", group="batches", valid=AT_LEAST_1)
+    test_batch_size: int = _opt(256, "test batch size", group="batches", valid=AT_LEAST_1)
+    train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)", group="batches", valid=AT_LEAST_0)
+    max_len: int = _opt(200, "window length", group="batches", valid=AT_LEAST_1)
+    mask_prob: float = _opt(0.2, "BERT masking probability", group="batches", valid=Range(0, 1))
     weight_type: str = _opt("exp_stair", "VAE position weights", ("exp_stair", "exp", "linear", "constant"), "batches")
-    weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches")
-    aug_prob: float = _opt(0.0, "VAE input augmentation probability", group="batches")
+    weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches", valid=POSITIVE)
+    aug_prob: float = _opt(0.0, "VAE input augmentation probability", group="batches", valid=Range(0, 1))
     legacy_bag: bool = _opt(False, "VAE bag as the original: pad index 0 weighted in the input and the loss, repeats keep one weight", group="batches")
     # --- optimisation ----------------------------------------------------------------------
     optimizer: str = _opt("Adam", "optimizer", ("Adam", "SGD"), "train")
-    lr: float = _opt(1e-3, "learning rate", group="train")
-    weight_decay: float = _opt(0.0, "L2 weight decay", group="train")
-    momentum: float | None = _opt(None, "SGD momentum", group="train")
-    decay_step: int = _opt(25, "StepLR step (epochs)", group="train")
-    gamma: float = _opt(1.0, "StepLR factor", group="train")
-    clip_grad_norm: float | None = _opt(5.0, "clip the global gradient norm (None: off)", group="train")
-    num_epochs: int = _opt(-1, "maximum epochs (-1: until early stopping)", group="train")
-    metric_ks: list[int] = _opt([1, 5, 10, 20, 50], "cut-offs of Recall@k and NDCG@k", group="train")
+    lr: float = _opt(1e-3, "learning rate", group="train", valid=POSITIVE)
+    weight_decay: float = _opt(0.0, "L2 weight decay", group="train", valid=AT_LEAST_0)
+    momentum: float | None = _opt(None, "SGD momentum", group="train", valid=AT_LEAST_0)
+    decay_step: int = _opt(25, "StepLR step (epochs)", group="train", valid=AT_LEAST_1)
+    gamma: float = _opt(1.0, "StepLR factor", group="train", valid=POSITIVE)
+    clip_grad_norm: float | None = _opt(5.0, "clip the global gradient norm (None: off)", group="train", valid=POSITIVE)
+    num_epochs: int = _opt(-1, "maximum epochs (-1: until early stopping)", group="train", valid=Range(1, also=(-1,)))
+    metric_ks: list[int] = _opt([1, 5, 10, 20, 50], "cut-offs of Recall@k and NDCG@k", group="train", valid=AT_LEAST_1)
     best_metric: str = _opt("NDCG@10", "validation metric that selects the best model", group="train")
-    saturation_wait_epochs: int = _opt(20, "patience (epochs without improvement)", group="train")
+    saturation_wait_epochs: int = _opt(20, "patience (epochs without improvement)", group="train", valid=AT_LEAST_0)
     full_ranking: bool = _opt(True, "also report metrics ranked against every unseen item", group="train")
     # --- VAE schedule ----------------------------------------------------------------------
-    total_anneal_steps: int = _opt(262144, "KL annealing steps", group="vae")
-    anneal_cap: float = _opt(0.2, "largest KL weight", group="vae")
+    total_anneal_steps: int = _opt(262144, "KL annealing steps", group="vae", valid=AT_LEAST_0)
+    anneal_cap: float = _opt(0.2, "largest KL weight", group="vae", valid=AT_LEAST_0)
     train_transfer: bool = _opt(True, "halve recover_len at each plateau (transfer training)", group="vae")
     scaled_loss: bool = _opt(True, "rescale the loss by total/recovered weight", group="vae")
     decrease_dropout: bool = _opt(False, "scale input dropout by recover_len/max_len after transfers", group="vae")
     best_model_transfer: bool = _opt(True, "reload the best weights at each transfer", group="vae")
     normalize_type: str = _opt("f", "VAE input normalisation: f (L2) or batch (BatchNorm)", ("f", "batch"), "vae")
-    encode_len: int = _opt(128, "VAE latent size", group="vae")
-    encoder_hidden_layer: list[int] = _opt([512], "VAE encoder hidden sizes", group="vae")
+    encode_len: int = _opt(128, "VAE latent size", group="vae", valid=AT_LEAST_1)
+    encoder_hidden_layer: list[int] = _opt([512], "VAE encoder hidden sizes", group="vae", valid=AT_LEAST_1)
     decoder_activation: str = _opt("relu", "VAE decoder nonlinearity (none = the original's bug)", ("none", "relu", "tanh"), "vae")
     # --- models -----------------------------------------------------------------------------
-    model_code: str = _opt("bert", "model", MODEL_CODES, "model")
-    model_init_seed: int = _opt(0, "seed of the weight initialisation", group="model")
-    model_init_range: float = _opt(0.02, "std of the transformer initialisation", group="model")
-    hidden_units: int = _opt(64, "transformer hidden size", group="model")
-    num_blocks: int = _opt(2, "transformer blocks", group="model")
-    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model")
-    dropout: float = _opt(0.2, "dropout", group="model")
+    model_code: str = _opt("bert", "model family", MODEL_CODES, "model")
+    model_label: str | None = _opt(None, "the model's name in result tables (default: the family's)", group="model")
+    model_init_seed: int = _opt(0, "seed of the weight initialisation", group="model", valid=AT_LEAST_0)
+    model_init_range: float = _opt(0.02, "std of the transformer initialisation", group="model", valid=AT_LEAST_0)
+    hidden_units: int = _opt(64, "transformer hidden size", group="model", valid=AT_LEAST_1)
+    num_blocks: int = _opt(2, "transformer blocks", group="model", valid=AT_LEAST_1)
+    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model", valid=AT_LEAST_1)
+    dropout: float = _opt(0.2, "dropout", group="model", valid=FRACTION)
     residual_ln_type: str = _opt("pre", "LayerNorm placement", ("pre", "post"), "model")
     headtype: str = _opt("dot", "prediction head", ("dot", "linear"), "model")
     head_use_ln: bool = _opt(False, "LayerNorm in the prediction head", group="model")
-    time_unit_divide: int = _opt(1, "MEANTIME time unit", group="model")
-    freq: int = _opt(10000, "MEANTIME kernel base frequency", group="model")
-    tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model")
-    marank_max_len: int = _opt(6, "MARank context length", group="model")
-    marank_num_att_layers: int = _opt(2, "MARank attention layers", group="model")
-    marank_num_linear_layers: int = _opt(2, "MARank residual layers", group="model")
+    time_unit_divide: int = _opt(1, "MEANTIME time unit", group="model", valid=AT_LEAST_1)
+    freq: int = _opt(10000, "MEANTIME kernel base frequency", group="model", valid=POSITIVE)
+    tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model", valid=AT_LEAST_1)
+    marank_max_len: int = _opt(6, "MARank context length", group="model", valid=AT_LEAST_1)
+    marank_num_att_layers: int = _opt(2, "MARank attention layers", group="model", valid=AT_LEAST_0)
+    marank_num_linear_layers: int = _opt(2, "MARank residual layers", group="model", valid=AT_LEAST_0)
     absolute_kernel_types: str = _opt("p-d", "MEANTIME absolute kernels from p, d, c ('-'-separated)", group="model")
     relative_kernel_types: str = _opt("s-l", "MEANTIME relative kernels from s, e, l ('-'-separated)", group="model")
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def save(self, path: Path, extra: dict | None = None) -> None:
-        Path(path).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> "Config":
-        """Read a config.json; keys that are not options (num_users, ...) are ignored."""
-        raw = json.loads(Path(path).read_text())
-        names = {f.name for f in fields(cls)}
-        return build_config(overrides={k: v for k, v in raw.items() if k in names}, apply_templates=False)
 
 
 OPTIONS = {f.name: f for f in fields(Config)}
@@ -141,15 +168,26 @@ def template_names() -> list[str]:
 
 
 def read_template(name: str) -> dict[str, Any]:
-    path = resources.files("esapr.templates") / f"{name}.yaml"
-    if not path.is_file():
-        p = Path(name)
-        if p.suffix in (".yaml", ".yml") and p.is_file():
-            path = p
-        else:
-            raise UserError(f"unknown template '{name}'{_nearest(name, template_names())}; "
-                            f"available: {', '.join(template_names())}")
-    values = yaml.safe_load(path.read_text()) or {}
+    """A packaged template by name, or the user's own template as a path ending in .yaml."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"{path}: template file not found")
+    else:
+        path = resources.files("esapr.templates") / f"{name}.yaml"
+        if not path.is_file():
+            raise UserError(f"unknown template '{name}'{_nearest(name, template_names())}; available: "
+                            f"{', '.join(template_names())} (your own template: a path ending in .yaml)")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"template '{name}' is not valid YAML{where} "
+                        f"({getattr(error, 'problem', None) or 'syntax error'})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"template '{name}' cannot be read ({error})") from None
+    values = values or {}
     if not isinstance(values, dict):
         raise UserError(f"template '{name}' is not a mapping of option: value")
     return values
@@ -219,26 +257,79 @@ def _expand_templates(names: list[str], seen: tuple = ()) -> dict[str, Any]:
 
 def build_config(templates: list[str] | None = None, overrides: dict[str, Any] | None = None,
                  apply_templates: bool = True) -> Config:
-    """defaults < templates (in order) < overrides; every value is type-checked."""
+    """defaults < templates (in order) < overrides; every value is type-checked and validated."""
     overrides = dict(overrides or {})
     templates = list(templates or overrides.pop("templates", None) or [])
     values: dict[str, Any] = {}
     if apply_templates:
+        _warn_mixed_models(templates)
         values.update(_expand_templates(templates))
     values.update(overrides)
     values["templates"] = templates if apply_templates else values.get("templates", [])
     config = Config(**{name: coerce(name, value) for name, value in values.items()})
     if config.experiment_name is None:
-        config.experiment_name = templates[-1].removeprefix("train_") if templates else config.model_code
+        config.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else config.model_code
+    validate(config)
     return config
 
 
-def describe_options() -> str:
-    """One line per option, for `esapr options`."""
+def _warn_mixed_models(templates: list[str]) -> None:
+    codes = {name: _expand_templates([name]).get("model_code") for name in templates}
+    named = {name: code for name, code in codes.items() if code is not None}
+    if len(set(named.values())) > 1:
+        last = list(named.values())[-1]
+        warnings.warn(f"the templates set different model_code values ("
+                      f"{', '.join(f'{n}: {c}' for n, c in named.items())}); the last one wins: {last}", stacklevel=3)
+
+
+def metric_names(config: Config) -> list[str]:
+    """Every metric a run computes (sampled, then full ranking when on)."""
+    ks = sorted(set(config.metric_ks))
+    names = [f"NDCG@{k}" for k in ks] + [f"Recall@{k}" for k in ks] + ["MRR"]
+    return names + [f"full_{name}" for name in names] if config.full_ranking else names
+
+
+def _safe_component(option: str, value: str) -> None:
+    """A folder name inside the experiment root: one path component, nothing that climbs out."""
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
+        raise UserError(f"option '{option}' is {value!r}; it must be a plain folder name "
+                        f"(no '/', '\\', '..' or absolute path)")
+
+
+def validate(config: Config) -> None:
+    """Every range, every cross-option check and the model family's own checks, before any I/O."""
+    for name, f in OPTIONS.items():
+        valid: Range | None = f.metadata["valid"]
+        value = getattr(config, name)
+        if valid is None or value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if not valid.allows(item):
+                raise UserError(f"option '{name}' is {value!r}; allowed: {valid.describe()}")
+    if not config.metric_ks:
+        raise UserError("option 'metric_ks' is empty; give at least one cut-off, e.g. --metric_ks 1 5 10")
+    names = metric_names(config)
+    if config.best_metric not in names:
+        raise UserError(f"option 'best_metric' is {config.best_metric!r}, which is not computed"
+                        f"{_nearest(config.best_metric, names)}; choose one of {', '.join(names)}")
+    _safe_component("experiment_group", config.experiment_group)
+    _safe_component("experiment_name", config.experiment_name)
+    if config.dataset_code is None and not config.data_file:
+        raise UserError("no data: set --dataset_code or --data_file")
+    family(config.model_code).check(config)
+
+
+def describe_options(config: Config | None = None, groups: tuple[str, ...] | None = None) -> str:
+    """One line per option with its help: the default, or the value ``config`` gives it."""
     lines = []
     for f in fields(Config):
+        if groups is not None and f.metadata["group"] not in groups:
+            continue
         choices = f.metadata["choices"]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if config is not None:
+            shown = f"value {getattr(config, f.name)!r}"
+        else:
+            shown = f"default {f.default_factory() if f.default is dataclasses.MISSING else f.default!r}"
         extra = f" {{{'|'.join(map(str, choices))}}}" if choices else ""
-        lines.append(f"  --{f.name}{extra}  (default {default!r}) {f.metadata['help']}")
+        lines.append(f"  --{f.name}{extra}  ({shown}) {f.metadata['help']}")
     return "\n".join(lines)

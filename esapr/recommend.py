@@ -2,19 +2,10 @@
 
 ``load_experiment(path)`` reads the folder's config and best weights. ``recommend(user=ID)``
 scores a known user's full history; ``recommend(history=[item ids])`` scores any new history.
-Both use only the model's public pieces: its batch builder's ``eval_batch`` and ``scores``.
-
-How a batch is built from a history: evaluation batches ask for the history ``items[start:end]``
-with ``end`` the index of the *answer*. So the history is written into a copy of the CSR
-sequences (into the user's own row for a known user, as one extra row for a new history),
-followed by a dummy answer item, and ``eval_batch`` is called with ``ends`` pointing at that
-dummy. Each builder leaves the answer out of the model's input (VAE: the bag covers slots
-0..N-2; BERT/MEANTIME: the answer slot becomes the mask token; SAS family: the input ends before
-it), so the dummy never influences the scores. The dummy repeats the last item and its timestamp.
+Both use only the model's public pieces: its batch builder's ``history_batch`` and ``scores``.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +23,6 @@ class LoadedExperiment:
         from esapr.experiment import Experiment
 
         self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise UserError(f"{self.path}: no config.json; is this an experiment folder?")
         self.experiment = Experiment(self.path)
         overrides = {"device": device}
         if data_folder is not None:
@@ -45,6 +34,7 @@ class LoadedExperiment:
             raise UserError(f"{self.path}: no models/best_model.pth yet; train the experiment first")
         self._data = None
         self._model = None
+        self._builder = None
         self._titles = None
 
     # --- lazily loaded parts ------------------------------------------------------------------
@@ -65,14 +55,25 @@ class LoadedExperiment:
     def model(self):
         if self._model is None:
             from esapr.models import build_model
-            from esapr.training.trainer import data_info, resolve_device
-            self.device = resolve_device(self.config.device)
+            from esapr.training.trainer import data_info
             model = build_model(self.config, data_info(self.data)).to(self.device)
             state = self.experiment.load(self.experiment.best_model, self.device)
             model.load_state_dict(state["model"])
             model.eval()
             self._model = model
         return self._model
+
+    @property
+    def device(self):
+        from esapr.training.trainer import resolve_device
+        return resolve_device(self.config.device)
+
+    @property
+    def builder(self):
+        if self._builder is None:
+            from esapr.registry import family
+            self._builder = family(self.config.model_code).builder_class()(self.data, self.config, self.device)
+        return self._builder
 
     def titles(self) -> dict:
         if self._titles is None:
@@ -126,56 +127,12 @@ class LoadedExperiment:
         return frame
 
     # --- scoring --------------------------------------------------------------------------------
-    def _extended_data(self, row: int, items: np.ndarray, timestamps: np.ndarray):
-        """A copy of the prepared data whose ``row`` holds ``items`` + a dummy answer."""
-        from esapr.data.sequences import Sequences
-
-        data = self.data
-        seqs = data.sequences
-        n_users = seqs.n_users
-        new_items = np.append(items, items[-1]).astype(seqs.items.dtype)
-        new_times = np.append(timestamps, timestamps[-1]).astype(seqs.timestamps.dtype)
-        lo, hi = (seqs.offsets[row], seqs.offsets[row + 1]) if row < n_users else (seqs.offsets[-1],) * 2
-        lengths = seqs.lengths.copy()
-        user_ids = seqs.user_ids
-        extra = {}
-        if row < n_users:
-            lengths[row] = len(new_items)
-        else:
-            lengths = np.append(lengths, len(new_items))
-            user_ids = np.append(user_ids, user_ids[:1])
-            for name in ("test_negatives", "train_negatives"):
-                array = getattr(data, name)
-                if array is not None:
-                    extra[name] = np.concatenate([array, array[:1]], axis=0)
-        offsets = np.zeros(len(lengths) + 1, dtype=seqs.offsets.dtype)
-        np.cumsum(lengths, out=offsets[1:])
-        sequences = Sequences(offsets=offsets,
-                              items=np.concatenate([seqs.items[:lo], new_items, seqs.items[hi:]]),
-                              timestamps=np.concatenate([seqs.timestamps[:lo], new_times, seqs.timestamps[hi:]]),
-                              user_ids=user_ids, item_ids=seqs.item_ids)
-        return dataclasses.replace(data, sequences=sequences, **extra), int(offsets[row + 1] - 1)
-
     @torch.no_grad()
-    def scores(self, row: int, items: np.ndarray, timestamps: np.ndarray) -> torch.Tensor:
-        """Scores [n_items + 1] of every item after the history ``items`` (dense ids) of ``row``."""
-        model = self.model
-        data, answer_at = self._extended_data(row, items, timestamps)
-        builder = model.batch_builder(data, self.config, self.device)
-        users = torch.tensor([row], device=self.device)
-        ends = torch.tensor([answer_at], device=self.device)
-        batch = builder.eval_batch(users, ends)
-        answers = builder.items[ends]
-        extras = dict(users=users, ends=ends, answers=answers,
-                      candidates=torch.cat([answers.unsqueeze(1), builder.negatives[users]], dim=1))
-        for key, value in extras.items():  # keys the builder set itself (MARank's 1-based users) win
-            batch.setdefault(key, value)
-        try:
-            scores = model.scores(batch)
-        except IndexError as error:
-            raise UserError(f"model '{self.config.model_code}' cannot score this history "
-                            f"({error}); it may need a known user: pass user=ID") from None
-        return scores[0, : data.sequences.n_items + 1].float().cpu()
+    def scores(self, items: np.ndarray, timestamps: np.ndarray, row: int | None = None) -> torch.Tensor:
+        """Scores [n_items + 1] of every item after the history ``items`` (dense ids) of the
+        user in ``row`` (None: a history not in the data)."""
+        batch = self.builder.history_batch(items, timestamps, row)
+        return self.model.scores(batch)[0, : self.data.sequences.n_items + 1].float().cpu()
 
     def recommend(self, user=None, history=None, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items after a known ``user``'s full history or after a new ``history`` of
@@ -186,6 +143,7 @@ class LoadedExperiment:
         if int(k) < 1:
             raise UserError(f"k must be at least 1, got {k}")
         seqs = self.data.sequences
+        row = None
         if user is not None:
             row = self.user_row(user)
             span = slice(seqs.offsets[row], seqs.offsets[row + 1])
@@ -196,9 +154,8 @@ class LoadedExperiment:
             if not history:
                 raise UserError("history is empty; give at least one item id")
             items = self.dense_items(history)
-            row = seqs.n_users
             times = np.full(len(items), seqs.timestamps.max() if seqs.n_interactions else 0, dtype=np.int64)
-        scores = self.scores(row, items, times)
+        scores = self.scores(items, times, row)
         scores[0] = -torch.inf
         if exclude_seen:
             scores[torch.as_tensor(items)] = -torch.inf
@@ -241,8 +198,6 @@ class RecommendationPanel:
 
     def __init__(self, experiments, k: int = 10, data_folder: str | None = None, device: str = "cpu",
                  selected=None):
-        import json
-
         import ipywidgets as w
 
         from esapr.results import find_experiments, model_label
@@ -250,12 +205,14 @@ class RecommendationPanel:
         sources = [experiments] if isinstance(experiments, (str, Path)) else list(experiments)
         if selected is not None:
             sources = [selected, *sources]
-        paths = [p for p in find_experiments(sources) if (p / "models" / "best_model.pth").is_file()]
+        from esapr.experiment import Experiment
+
+        paths = [p for p in find_experiments(sources) if Experiment(p).best_model.is_file()]
         if not paths:
             raise UserError(f"no trained experiments (with models/best_model.pth) in {experiments}")
         options = []
         for path in paths:
-            config = json.loads((path / "config.json").read_text())
+            config = Experiment(path).read_config()
             options.append((f"{model_label(config)} · {path.parent.name}/{path.name}", str(path)))
         self.k = k
         self.data_folder = data_folder

@@ -12,8 +12,6 @@ display or a GUI backend and nothing is left open in pyplot's figure list.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import re
 from pathlib import Path
@@ -22,35 +20,15 @@ from typing import Iterable
 import pandas as pd
 
 from esapr.errors import UserError
+from esapr.experiment import Experiment
+from esapr.registry import FAMILIES
 
-# template -> the names of the original README's table (and the MEANTIME baselines)
-TEMPLATE_LABELS = {
-    "train_marank": "MARank", "train_sas": "SASRec", "train_tisas": "TiSASRec", "train_bert": "BERT4Rec",
-    "train_meantime": "MEANTIME", "train_vae_net": "VAE_net", "train_vae_tr": "VAE_tr", "train_vae": "VAE_tw",
-}
-MODEL_LABELS = {"marank": "MARank", "sas": "SASRec", "tisas": "TiSASRec", "bert": "BERT4Rec",
-                "meantime": "MEANTIME", "vae": "VAE"}
-MODEL_ORDER = list(TEMPLATE_LABELS.values())
 VAE_PREFIX = "VAE"   # models whose label starts with this are "VAE variants" (bold in the figure)
 
 _METRIC = re.compile(r"^(full_)?(NDCG|Recall)@(\d+)$|^(full_)?MRR$")
 
 
 # --- reading experiment folders ------------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot be read ({error})") from None
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def find_experiments(paths_or_root) -> list[Path]:
     """Experiment folders (holding config.json) given as folders themselves or found under roots."""
     items = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
@@ -59,25 +37,27 @@ def find_experiments(paths_or_root) -> list[Path]:
         path = Path(item)
         if not path.exists():
             raise UserError(f"{path}: no such folder")
-        if (path / "config.json").is_file():
+        if Experiment(path).config_file.is_file():
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.rglob("config.json") if p.parent != path))
+            found.extend(sorted(p.parent for p in path.rglob(Experiment.CONFIG) if p.parent != path))
         else:
             raise UserError(f"{path}: not an experiment folder or a folder of experiments")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def model_label(config: dict) -> str:
-    """The model's name in tables: the template's (VAE_tw, BERT4Rec, ...) or the model code's."""
-    for template in reversed(config.get("templates") or []):
-        name = Path(str(template)).stem
-        if name in TEMPLATE_LABELS:
-            return TEMPLATE_LABELS[name]
+    """The model's name in tables: the config's model_label (templates set VAE_tw, ...), else
+    the family's."""
     code = config.get("model_code") or "?"
-    label = MODEL_LABELS.get(code, code)
-    return label if code != "vae" else f"VAE_{config.get('experiment_name') or 'custom'}"
+    return config.get("model_label") or (FAMILIES[code].label if code in FAMILIES else code)
+
+
+def _model_rank(config: dict) -> int:
+    """Columns follow the registry's order of families."""
+    codes = list(FAMILIES)
+    code = config.get("model_code")
+    return codes.index(code) if code in codes else len(codes)
 
 
 def _dataset_label(config: dict, results: dict) -> str:
@@ -88,13 +68,13 @@ def _dataset_label(config: dict, results: dict) -> str:
     return str(config.get("dataset_code") or "?")
 
 
-def _metrics_of(path: Path, results: dict, split: str) -> dict | None:
+def _metrics_of(experiment: Experiment, results: dict, split: str) -> dict | None:
     if split == "test":
         if results.get("test"):
             return results["test"]
-        rows = _read_csv(path / "tables" / "test_log.csv")
+        rows = experiment.read_table("test_log")
         return rows[-1] if rows else None
-    rows = _read_csv(path / "tables" / "val_log.csv")
+    rows = experiment.read_table("val_log")
     if not rows:
         return None
     best = results.get("best_epoch")
@@ -123,16 +103,18 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
     """
     if split not in ("test", "val"):
         raise UserError(f"split must be test or val, got '{split}'")
-    records, paths = [], []
+    records, paths, ranks = [], [], []
     for path in find_experiments(paths_or_root):
-        config = _read_json(path / "config.json")
-        results = _read_json(path / "results.json") if (path / "results.json").is_file() else {}
-        values = _metrics_of(path, results, split)
+        experiment = Experiment(path)
+        config = experiment.read_config()
+        results = experiment.read_results() or {}
+        values = _metrics_of(experiment, results, split)
         if not values:
             continue
         row = {k: float(v) for k, v in values.items() if k != "epoch" and v not in (None, "")}
         records.append((_dataset_label(config, results), model_label(config), path, row))
         paths.append(path)
+        ranks.append(_model_rank(config))
     if not records:
         raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}")
     index = _unique_labels([(d, m, p) for d, m, p, _ in records])
@@ -143,7 +125,7 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
         raise UserError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(available)}")
     frame = pd.DataFrame([[row.get(m, math.nan) for m in columns] for *_, row in records],
                          index=pd.MultiIndex.from_tuples(index, names=["dataset", "model"]), columns=columns)
-    order = sorted(range(len(frame)), key=lambda i: (index[i][0], _model_rank(index[i][1]), index[i][1]))
+    order = sorted(range(len(frame)), key=lambda i: (index[i][0], ranks[i], index[i][1]))
     frame = frame.iloc[order]
     frame.attrs["paths"] = [str(paths[i]) for i in order]
     frame.attrs["split"] = split
@@ -162,13 +144,6 @@ def _unique_labels(rows: list[tuple[str, str, Path]]) -> list[tuple[str, str]]:
     seen_named = count(named)
     return [label if seen_named[label] == 1 else (d, f"{m} ({p.parent.name}/{p.name})")
             for label, (d, m, p) in zip(named, rows)]
-
-
-def _model_rank(label: str) -> int:
-    base = label.split(" (")[0]
-    if base in MODEL_ORDER:
-        return MODEL_ORDER.index(base)
-    return len(MODEL_ORDER) + (1 if base.startswith(VAE_PREFIX) else 0)
 
 
 def format_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -263,13 +238,14 @@ def plot_curves(path, png=None, metric: str | None = None):
     from matplotlib.figure import Figure
 
     path = Path(path)
-    val = pd.DataFrame(_read_csv(path / "tables" / "val_log.csv"))
-    train = pd.DataFrame(_read_csv(path / "tables" / "train_log.csv"))
+    experiment = Experiment(path)
+    val = pd.DataFrame(experiment.read_table("val_log"))
+    train = pd.DataFrame(experiment.read_table("train_log"))
     if val.empty or train.empty:
         raise UserError(f"{path}: no training logs yet (tables/train_log.csv, tables/val_log.csv)")
     val = val.apply(pd.to_numeric, errors="coerce")
     train = train.apply(pd.to_numeric, errors="coerce")
-    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    config = experiment.read_config()
     if metric is None:
         metric = "NDCG@10" if "NDCG@10" in val.columns else config.get("best_metric", val.columns[1])
     if metric not in val.columns:
@@ -302,7 +278,7 @@ def plot_curves(path, png=None, metric: str | None = None):
     bottom.legend(loc="upper right", fontsize=8)
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
-    results = _read_json(path / "results.json") if (path / "results.json").is_file() else {}
+    results = experiment.read_results() or {}
     stages_note = "; dotted lines: transfer stages (recover_len r)" if "recover_len" in train.columns else ""
     fig.suptitle(f"{model_label(config)} on {_dataset_label(config, results)}  ({path.name}){stages_note}",
                  fontsize=10)
@@ -318,10 +294,7 @@ def per_user_metrics(path, k: int = 10) -> pd.DataFrame:
     NDCG@k = 1/log2(rank+2) and Recall@k = [rank < k], sampled and (where present) full ranking."""
     import numpy as np
 
-    file = Path(path) / "tables" / "test_ranks.csv"
-    if not file.is_file():
-        raise UserError(f"{path}: no tables/test_ranks.csv (the run has not been tested yet)")
-    frame = pd.read_csv(file)
+    frame = Experiment(Path(path)).read_ranks()
     for prefix, column in (("", "rank"), ("full_", "full_rank")):
         if column not in frame.columns:
             continue
@@ -368,19 +341,23 @@ def plot_rank_distribution(path, png=None, k: int = 10):
 
 # --- CLI -----------------------------------------------------------------------------------------
 def cmd_results(argv: list[str]) -> int:
-    """esapr results --root ROOT [ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]"""
+    """esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]"""
     from esapr.cli import parse_options
 
     overrides, flags = parse_options(argv, extra=("root", "png", "split", "curves", "metrics", "digits"))
-    if overrides or "root" not in flags:
-        raise UserError("usage: esapr results --root ROOT [--png FILE] [--split test|val] [--curves DIR] "
-                        "[--metrics NDCG@10 Recall@10 ...]")
-    roots = flags["root"] if isinstance(flags["root"], list) else [flags["root"]]
+    if overrides:
+        raise UserError("usage: esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] "
+                        "[--metrics NDCG@10 Recall@10 ...] [--digits 4]")
+    root = flags.get("root", "experiments")
+    roots = root if isinstance(root, list) else [root]
     metrics = flags.get("metrics")
     if isinstance(metrics, str):
         metrics = metrics.replace(",", " ").split()
+    try:
+        digits = int(flags.get("digits", 4))
+    except ValueError:
+        raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
     frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))
-    digits = int(flags.get("digits", 4))
     print(format_table(frame, digits))
     if flags.get("png"):
         plot_results_table(frame, flags["png"], digits=digits)

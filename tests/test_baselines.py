@@ -5,17 +5,22 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import esapr.models.layers as layers
+import esapr.models.length_groups as grouping
+import esapr.models.relative as rel_terms
 from esapr.config import build_config
+from esapr.data.batches.types import SequenceBatch
 from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.models import DataInfo, build_model
+from esapr.models.attention import attention_bias
+from esapr.models.dropout import dropout
 from esapr.models.meantime import MixedAttention, RelativeKernels
 from esapr.models.tisasrec import TimeIntervalAttention, TimeIntervals
 from esapr.training.trainer import train
@@ -46,8 +51,8 @@ def random_batch(b=5, t=10, n_items=30, seed=0, min_len=1):
     labels[:, -1] = tokens[:, -1]
     negatives = torch.where(labels > 0, torch.randint(1, n_items + 1, (b, t), generator=g), 0)
     candidates = torch.randint(1, n_items + 1, (b, 7), generator=g)
-    return {"tokens": tokens, "labels": labels, "negative_labels": negatives, "timestamps": times,
-            "days": days, "candidates": candidates, "users": torch.arange(b)}
+    return SequenceBatch(tokens=tokens, labels=labels, negatives=negatives, timestamps=times, days=days,
+                         candidates=candidates, users=torch.arange(b))
 
 
 # --- TiSASRec attention against the original's materialised formula ----------------------------------
@@ -71,7 +76,7 @@ def naive_tisas_attention(att: TimeIntervalAttention, query, x, causal_mask, pos
 
 @pytest.mark.parametrize("chunk", [1 << 22, 200])   # one chunk, or one example per chunk
 def test_tisas_attention_equals_materialised_formula(monkeypatch, chunk):
-    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(rel_terms, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(0)
     batch = random_batch()
     h, clip = 16, 7
@@ -79,9 +84,9 @@ def test_tisas_attention_equals_materialised_formula(monkeypatch, chunk):
     key_table, value_table = torch.nn.Embedding(clip + 1, h).double(), torch.nn.Embedding(clip + 1, h).double()
     x = torch.randn(5, 10, h, dtype=torch.float64)
     pos_k, pos_v = torch.randn(10, h, dtype=torch.float64), torch.randn(10, h, dtype=torch.float64)
-    times = batch["timestamps"] // 86400
-    tokens = batch["tokens"]
-    bias = layers.attention_bias(tokens, causal=True).double()
+    times = batch.timestamps // 86400
+    tokens = batch.tokens
+    bias = attention_bias(tokens, causal=True).double()
     rel = TimeIntervals(times, key_table, value_table, clip, 0.0, training=True)
     ours = att(x, x, bias, pos_k.expand(5, -1, -1), pos_v.expand(5, -1, -1), rel)
     allowed = (tokens > 0)[:, None, None, :] & torch.ones(10, 10, dtype=torch.bool).tril()
@@ -137,7 +142,7 @@ def naive_mixed_attention(att: MixedAttention, x, absolute, kernels, key_mask):
 @pytest.mark.parametrize("abs_kinds,rel_kinds", [("p-d", "s-l"), ("c", "e"), ("", "s-e-l"), ("p-d-c", "")])
 @pytest.mark.parametrize("chunk,per_kernel", [(1 << 22, 1), (300, 1), (300, 2)])
 def test_meantime_attention_equals_materialised_formula(monkeypatch, abs_kinds, rel_kinds, chunk, per_kernel):
-    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(rel_terms, "CHUNK_ELEMENTS", chunk)
     torch.manual_seed(1)
     batch = random_batch()
     h = 24
@@ -149,12 +154,12 @@ def test_meantime_attention_equals_materialised_formula(monkeypatch, abs_kinds, 
         torch.nn.init.normal_(lin.bias, 0, 0.5)
     x = torch.randn(5, 10, h, dtype=torch.float64)
     absolute = [torch.randn(5, 10, h, dtype=torch.float64) for _ in range(n_abs)]
-    times = batch["timestamps"]
-    bias = layers.attention_bias(batch["tokens"]).double()
+    times = batch.timestamps
+    bias = attention_bias(batch.tokens).double()
     relative = RelativeKernels(rels, times, h, 10000.0, 1, 0.0, training=True) if rels else None
     ours = att(x, x, bias, absolute, relative)
     ref = naive_mixed_attention(att, x, absolute, [naive_kernel(k, times, h) for k in rels],
-                                (batch["tokens"] > 0)[:, None, None, :])
+                                (batch.tokens > 0)[:, None, None, :])
     assert torch.allclose(ours, ref, atol=1e-6)
     params = [p for p in att.parameters()]
     g_ours = torch.autograd.grad((ours ** 2).sum(), params, allow_unused=True)
@@ -186,40 +191,41 @@ def test_meantime_kernels_follow_the_reference_formulas():
 # --- the chunked relative terms: exact gradients with dropout on -----------------------------------
 
 def test_relative_terms_gradcheck_with_dropout(monkeypatch):
-    monkeypatch.setattr(layers, "CHUNK_ELEMENTS", 64)        # several chunks
+    monkeypatch.setattr(rel_terms, "CHUNK_ELEMENTS", 64)        # several chunks
     torch.manual_seed(2)
     b, n, t, d, clip = 3, 2, 4, 3, 5
     times = torch.tensor([[0, 1, 3, 9], [0, 0, 2, 2], [5, 6, 7, 20]])
-    drop = layers.PairDropout(0.4, training=True, streams=2)
+    drop = rel_terms.PairDropout(0.4, training=True, streams=2)
     q = torch.randn(b, n, t, d, dtype=torch.float64, requires_grad=True)
     probs = torch.rand(b, n, t, t, dtype=torch.float64, requires_grad=True)
     tables = [torch.randn(clip + 1, d, dtype=torch.float64, requires_grad=True) for _ in range(n)]
-    key = lambda q, *tabs: layers.IntervalKeyTerm.apply(q, times, times, clip, drop, 0, *tabs)
-    value = lambda p, *tabs: layers.IntervalValueTerm.apply(p, times, times, clip, drop, 1, *tabs)
+    key = lambda q, *tabs: rel_terms.IntervalTerm.apply(q, times, times, clip, drop, rel_terms.KEYS, *tabs)
+    value = lambda p, *tabs: rel_terms.IntervalTerm.apply(p, times, times, clip, drop, rel_terms.VALUES, *tabs)
     assert torch.autograd.gradcheck(key, (q, *tables))
     assert torch.autograd.gradcheck(value, (probs, *tables))
     out = key(q, *tables)
     assert torch.equal(out, key(q, *tables))                  # the same masks every call
-    full = layers.IntervalKeyTerm.apply(q, times, times, clip, layers.PairDropout(0.0, True, 2), 0, *tables)
+    full = rel_terms.IntervalTerm.apply(q, times, times, clip, rel_terms.PairDropout(0.0, True, 2), rel_terms.KEYS,
+                                       *tables)
     assert not torch.allclose(out, full)                      # dropout did something
 
     kernels = RelativeKernels(["s", "l"], times, 6, 10000.0, 1, 0.4, training=True)
     u = torch.randn(b, 2, 2, t, 6, dtype=torch.float64, requires_grad=True)   # 2 kernels x 2 heads
-    assert torch.autograd.gradcheck(lambda u: layers.KernelTerm.apply(u, kernels, kernels.drop), (u,))
+    assert torch.autograd.gradcheck(lambda u: rel_terms.KernelTerm.apply(u, kernels, kernels.drop), (u,))
 
 
 def test_cpu_dropout_rate_scale_and_gradient():
     torch.manual_seed(3)
     x = torch.ones(400_000, requires_grad=True)
-    y = layers.dropout(x, 0.2, training=True)
+    y = dropout(x, 0.2, training=True)
     zero = (y == 0).double().mean().item()
     assert abs(zero - 0.2) < 0.003
     assert abs(y.mean().item() - 1.0) < 0.01
     y.sum().backward()
     assert torch.equal(x.grad == 0, y == 0)
-    assert layers.dropout(x, 0.2, training=False) is x
+    assert dropout(x, 0.2, training=False) is x
     torch.manual_seed(3)
-    again = layers.dropout(torch.ones(400_000), 0.2, training=True)
+    again = dropout(torch.ones(400_000), 0.2, training=True)
     assert torch.equal(again, y.detach())                     # seeded by the global RNG
 
 
@@ -233,18 +239,18 @@ def model(template, **overrides):
 def test_last_slot_and_length_groups_give_the_same_numbers(monkeypatch, template):
     m = model(template, dropout=0.2).eval()
     batch = random_batch(b=40, seed=4)
-    split = layers.length_groups
+    split = grouping.length_groups
     with torch.no_grad():
-        full = m.encode(batch["tokens"]) if template == "train_bert" else m.encode(batch)
-        last = m.encode(batch["tokens"], last_only=True) if template == "train_bert" else m.encode(batch, last_only=True)
+        full = m.encode(batch)
+        last = m.encode(batch, last_only=True)
         assert torch.allclose(full[:, -1], last, atol=1e-5)
-        one = dict(candidates=m.candidate_scores(batch), loss=m.loss(batch), scores=m.scores(batch))
-        monkeypatch.setattr(layers, "length_groups", lambda tokens, hidden: split(tokens, hidden, group_cost=0.0))
-        assert len(layers.length_groups(batch["tokens"], 16)) > 2            # the lengths really differ
+        one = dict(candidates=m.candidate_scores(batch), loss=m(batch), scores=m.scores(batch))
+        monkeypatch.setattr(grouping, "length_groups", lambda tokens, hidden: split(tokens, hidden, group_cost=0.0))
+        assert len(grouping.length_groups(batch.tokens, 16)) > 2            # the lengths really differ
         assert torch.allclose(one["candidates"], m.candidate_scores(batch), atol=1e-5)
-        assert torch.allclose(one["loss"], m.loss(batch), atol=1e-5)
+        assert torch.allclose(one["loss"], m(batch), atol=1e-5)
         assert torch.allclose(one["scores"], m.scores(batch), atol=1e-5)
-        assert torch.allclose(one["scores"].gather(1, batch["candidates"]), one["candidates"], atol=1e-5)
+        assert torch.allclose(one["scores"].gather(1, batch.candidates), one["candidates"], atol=1e-5)
 
 
 def test_length_groups_cover_every_row_once_with_their_length():
@@ -252,24 +258,24 @@ def test_length_groups_cover_every_row_once_with_their_length():
     lengths = torch.tensor([1 + (i * 7) % 20 for i in range(50)])
     for row, n in enumerate(lengths):
         tokens[row, 20 - n:] = 1
-    groups = layers.length_groups(tokens, 64, group_cost=0.0)
+    groups = grouping.length_groups(tokens, 64, group_cost=0.0)
     rows = torch.cat([r for r, _ in groups])
     assert sorted(rows.tolist()) == list(range(50))
     for r, length in groups:
         assert int(lengths[r].max()) == length
-    assert len(layers.length_groups(tokens, 64, group_cost=1e30)) == 1
+    assert len(grouping.length_groups(tokens, 64, group_cost=1e30)) == 1
 
 
 @pytest.mark.parametrize("template", ["train_sas", "train_tisas"])
 def test_sas_models_are_causal(template):
     m = model(template, dropout=0.0).eval()
     batch = random_batch(b=4, seed=5)
-    changed = {k: v.clone() for k, v in batch.items()}
-    changed["tokens"][:, 6:] = torch.randint(1, 31, (4, 4))
-    changed["timestamps"][:, 6:] += 12345
+    changed = replace(batch, tokens=batch.tokens.clone(), timestamps=batch.timestamps.clone())
+    changed.tokens[:, 6:] = torch.randint(1, 31, (4, 4))
+    changed.timestamps[:, 6:] += 12345
     with torch.no_grad():
         a, b = m.encode(batch), m.encode(changed)
-    real = batch["tokens"][:, :6] > 0                 # padded query rows are never read
+    real = batch.tokens[:, :6] > 0                 # padded query rows are never read
     assert real.sum() > 10
     assert torch.allclose(a[:, :6][real], b[:, :6][real], atol=1e-6)
     assert not torch.allclose(a[:, 6:], b[:, 6:], atol=1e-3)
@@ -278,19 +284,19 @@ def test_sas_models_are_causal(template):
 def test_bert_attends_both_ways():
     m = model("train_bert").eval()
     batch = random_batch(b=4, seed=5)
-    changed = batch["tokens"].clone()
-    changed[:, -1] = 31                                          # the mask token at the end
+    changed = replace(batch, tokens=batch.tokens.clone())
+    changed.tokens[:, -1] = 31                                   # the mask token at the end
     with torch.no_grad():
-        assert not torch.allclose(m.encode(batch["tokens"])[:, 0], m.encode(changed)[:, 0], atol=1e-4)
+        assert not torch.allclose(m.encode(batch)[:, 0], m.encode(changed)[:, 0], atol=1e-4)
 
 
 @pytest.mark.parametrize("template", ["train_bert", "train_meantime", "train_sas", "train_tisas"])
 def test_no_labelled_position_gives_zero_loss_with_a_gradient(template):
     m = model(template, dropout=0.2).train()
     batch = random_batch(b=3, seed=6)
-    batch["labels"].zero_()
-    batch["negative_labels"].zero_()
-    loss = m.loss(batch)
+    batch.labels.zero_()
+    batch.negatives.zero_()
+    loss = m(batch)
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is None or torch.all(p.grad == 0) for p in m.parameters())
@@ -301,11 +307,11 @@ def test_loss_is_the_mean_over_masked_positions():
     m = model("train_bert").eval()
     batch = random_batch(b=6, seed=7)
     with torch.no_grad():
-        h = m.encode(batch["tokens"])
-        logits = m.head(h[batch["labels"] > 0])
+        h = m.encode(batch)
+        logits = m.head(h[batch.labels > 0])
         assert logits.shape[1] == INFO.n_items + 1
-        expected = F.cross_entropy(logits, batch["labels"][batch["labels"] > 0])
-        assert torch.allclose(m.loss(batch), expected, atol=1e-5)
+        expected = F.cross_entropy(logits, batch.labels[batch.labels > 0])
+        assert torch.allclose(m(batch), expected, atol=1e-5)
 
 
 def test_sas_loss_matches_formula():
@@ -313,28 +319,27 @@ def test_sas_loss_matches_formula():
     batch = random_batch(b=6, seed=8)
     with torch.no_grad():
         h = m.encode(batch)
-        sel = batch["labels"] > 0
+        sel = batch.labels > 0
         e = m.token.weight
-        pos = torch.sigmoid((h[sel] * e[batch["labels"][sel]]).sum(-1))
-        neg = torch.sigmoid((h[sel] * e[batch["negative_labels"][sel]]).sum(-1))
+        pos = torch.sigmoid((h[sel] * e[batch.labels[sel]]).sum(-1))
+        neg = torch.sigmoid((h[sel] * e[batch.negatives[sel]]).sum(-1))
         expected = (-torch.log(pos + 1e-24) - torch.log(1 - neg + 1e-24)).mean()
-        assert torch.allclose(m.loss(batch), expected, atol=1e-5)
+        assert torch.allclose(m(batch), expected, atol=1e-5)
 
 
 def test_marank_batch_of_one_and_bpr():
     m = model("train_marank", dropout=0.2, marank_max_len=4)
-    batch = {"tokens": torch.tensor([[3, 4, 5, 5]]), "labels": torch.tensor([[6]]),
-             "negative_labels": torch.tensor([[7]]), "users": torch.tensor([2]),
-             "candidates": torch.tensor([[6, 7, 8]])}
-    loss = m.train().loss(batch)
+    batch = SequenceBatch(tokens=torch.tensor([[3, 4, 5, 5]]), labels=torch.tensor([[6]]),
+                          negatives=torch.tensor([[7]]), users=torch.tensor([2]), candidates=torch.tensor([[6, 7, 8]]))
+    loss = m.train()(batch)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     m.eval()
     with torch.no_grad():
         c = m.candidate_scores(batch)
         assert c.shape == (1, 3)
-        assert torch.allclose(c, m.scores(batch).gather(1, batch["candidates"]), atol=1e-6)
-        assert torch.allclose(m.loss(batch), -F.logsigmoid(c[0, 0] - c[0, 1]), atol=1e-6)
+        assert torch.allclose(c, m.scores(batch).gather(1, batch.candidates), atol=1e-6)
+        assert torch.allclose(m(batch), -F.logsigmoid(c[0, 0] - c[0, 1]), atol=1e-6)
 
 
 def test_init_follows_reference_and_model_init_seed():
@@ -365,11 +370,8 @@ def test_meantime_num_heads_is_heads_per_kernel():
     assert small.blocks[0].attention.heads == 2
     with pytest.raises(UserError, match="absolute_kernel_types"):
         model("train_meantime", absolute_kernel_types="p-x")
-    with pytest.raises(UserError, match="divisible"):
+    with pytest.raises(UserError, match="must divide hidden_units"):
         model("train_meantime", hidden_units=18, absolute_kernel_types="p-d-c", relative_kernel_types="s-e")
-    from esapr.models.meantime import MEANTIME
-    assert MEANTIME.batch_inputs(tiny_config("train_meantime", absolute_kernel_types="p", relative_kernel_types="")) == ()
-    assert MEANTIME.batch_inputs(tiny_config("train_meantime")) == ("timestamps", "days")
 
 
 # --- learning on synthetic data -----------------------------------------------------------------------

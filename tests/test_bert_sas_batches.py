@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from esapr.config import build_config
-from esapr.data.batches.bert import BertBatches
-from esapr.data.batches.sas import MarankBatches, SasBatches, rescaled_timestamps
+from esapr.data.batches.bert import BertBatches, MeantimeBatches
+from esapr.data.batches.sas import MarankBatches, SasBatches, TisasBatches, rescaled_timestamps
 from esapr.data.sequences import Sequences
 from esapr.errors import UserError
 
@@ -63,7 +63,7 @@ def test_bert_masking_statistics_and_labels():
     picked = total = 0
     counts = np.zeros(3)
     for batch in builder.train_batches(1):
-        tokens, labels = batch["tokens"], batch["labels"]
+        tokens, labels = batch.tokens, batch.labels
         real = tokens > 0
         assert torch.all(labels[~real] == 0)                           # nothing at padding
         is_picked = labels > 0
@@ -91,8 +91,8 @@ def test_bert_train_windows_match_reference():
         start = int(data.sequences.offsets[u])
         window = data.sequences.items[max(start, end - 8):end].astype(np.int64).tolist()
         expected = left_pad(window, 8)
-        labels = batch["labels"][row].tolist()
-        tokens = batch["tokens"][row].tolist()
+        labels = batch.labels[row].tolist()
+        tokens = batch.tokens[row].tolist()
         # unpicked slots keep the item, picked slots carry it as the label
         assert [lab if lab else tok for tok, lab in zip(tokens, labels)] == expected
 
@@ -103,17 +103,16 @@ def test_bert_batches_are_reproducible_from_the_seed():
     a = list(BertBatches(data, cfg, CPU).train_batches(3))
     b = list(BertBatches(data, cfg, CPU).train_batches(3))
     c = list(BertBatches(data, cfg, CPU).train_batches(4))
-    assert all(torch.equal(x["tokens"], y["tokens"]) and torch.equal(x["labels"], y["labels"]) for x, y in zip(a, b))
-    assert not all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(a, c))
+    assert all(torch.equal(x.tokens, y.tokens) and torch.equal(x.labels, y.labels) for x, y in zip(a, b))
+    assert not all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, c))
     other = list(BertBatches(data, config("train_bert", max_len=20, dataloader_random_seed=5), CPU).train_batches(3))
-    assert not all(torch.equal(x["tokens"], y["tokens"]) for x, y in zip(a, other))
+    assert not all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, other))
 
 
 def test_bert_eval_masks_the_answer_and_keeps_its_time():
     data = make_data([5, 14, 9], n_items=20)
     cfg = build_config(["train_meantime"], dict(max_len=6, val_batch_size=10, test_batch_size=10))
-    builder = BertBatches(data, cfg, CPU)
-    assert "timestamps" in builder.extra and "days" in builder.extra
+    builder = MeantimeBatches(data, cfg, CPU)
     days = data.sequences.days
     for split, back in (("val", 2), ("test", 1)):
         batch = next(builder.eval_batches(split))
@@ -121,17 +120,17 @@ def test_bert_eval_masks_the_answer_and_keeps_its_time():
             items, times = user_items(data, u), user_times(data, u)
             pos = len(items) - back
             start = int(data.sequences.offsets[u])
-            assert batch["tokens"][u].tolist() == left_pad(items[:pos].tolist() + [builder.n_items + 1], 6)
-            assert batch["timestamps"][u].tolist() == left_pad(times[:pos + 1].tolist(), 6)
-            assert batch["days"][u].tolist() == left_pad(days[start:start + pos + 1].tolist(), 6)
-            assert batch["candidates"][u, 0] == items[pos]
-            assert batch["candidates"][u, 1:].tolist() == data.test_negatives[u].tolist()
+            assert batch.tokens[u].tolist() == left_pad(items[:pos].tolist() + [builder.n_items + 1], 6)
+            assert batch.timestamps[u].tolist() == left_pad(times[:pos + 1].tolist(), 6)
+            assert batch.days[u].tolist() == left_pad(days[start:start + pos + 1].tolist(), 6)
+            assert batch.candidates[u, 0] == items[pos]
+            assert batch.candidates[u, 1:].tolist() == data.test_negatives[u].tolist()
 
 
 def test_bert_without_extra_inputs_outputs_none():
     builder = BertBatches(make_data([10, 10]), config("train_bert"), CPU)
     batch = next(builder.train_batches(1))
-    assert set(batch) == {"tokens", "labels"}
+    assert batch.timestamps is None and batch.days is None and batch.negatives is None
 
 
 # --- SAS ---------------------------------------------------------------------------------------------
@@ -145,10 +144,10 @@ def test_sas_train_shift_and_negatives_from_the_pool():
     for row, (u, end) in enumerate(zip(users.tolist(), ends.tolist())):
         start = int(data.sequences.offsets[u])
         seq = data.sequences.items[max(start, end - 9):end].astype(np.int64).tolist()
-        assert batch["tokens"][row].tolist() == left_pad(seq[:-1], 8)
-        assert batch["labels"][row].tolist() == left_pad(seq[1:], 8)
-        negatives = batch["negative_labels"][row]
-        labelled = batch["labels"][row] > 0
+        assert batch.tokens[row].tolist() == left_pad(seq[:-1], 8)
+        assert batch.labels[row].tolist() == left_pad(seq[1:], 8)
+        negatives = batch.negatives[row]
+        labelled = batch.labels[row] > 0
         assert torch.all(negatives[~labelled] == 0)
         assert set(negatives[labelled].tolist()) <= set(data.train_negatives[u].tolist())
 
@@ -157,7 +156,7 @@ def test_sas_negatives_are_uniform_over_the_pool():
     data = make_data([40], n_items=30, pool=5)
     data.train_negatives = np.array([[1, 2, 3, 4, 5]])
     builder = SasBatches(data, config("train_sas", max_len=30, train_window=0, train_batch_size=1), CPU)
-    draws = torch.cat([next(builder.train_batches(e))["negative_labels"].flatten() for e in range(1, 200)])
+    draws = torch.cat([next(builder.train_batches(e)).negatives.flatten() for e in range(1, 200)])
     counts = torch.bincount(draws[draws > 0], minlength=6)[1:].double()
     assert counts.sum() == 199 * 30  # 38 training items, windows of 31 -> 30 labels
     assert torch.all((counts / counts.sum() - 0.2).abs() < 0.02), counts
@@ -165,7 +164,7 @@ def test_sas_negatives_are_uniform_over_the_pool():
 
 def test_sas_eval_excludes_the_answer():
     data = make_data([5, 14, 9], n_items=20)
-    builder = SasBatches(data, config("train_tisas", max_len=6, val_batch_size=10, test_batch_size=10), CPU)
+    builder = TisasBatches(data, config("train_tisas", max_len=6, val_batch_size=10, test_batch_size=10), CPU)
     rescaled = rescaled_timestamps(data.sequences.offsets, data.sequences.timestamps)
     for split, back in (("val", 2), ("test", 1)):
         batch = next(builder.eval_batches(split))
@@ -173,26 +172,26 @@ def test_sas_eval_excludes_the_answer():
             items = user_items(data, u)
             start = int(data.sequences.offsets[u])
             pos = len(items) - back
-            assert batch["tokens"][u].tolist() == left_pad(items[:pos].tolist(), 6)
-            assert batch["timestamps"][u].tolist() == left_pad(rescaled[start:start + pos].tolist(), 6)
-            assert batch["candidates"][u, 0] == items[pos]
+            assert batch.tokens[u].tolist() == left_pad(items[:pos].tolist(), 6)
+            assert batch.timestamps[u].tolist() == left_pad(rescaled[start:start + pos].tolist(), 6)
+            assert batch.candidates[u, 0] == items[pos]
 
 
 def test_sas_needs_a_training_pool():
     with pytest.raises(UserError, match="train_negative_sample_size"):
-        SasBatches(make_data([10, 10], pool=0), config("train_sas"), CPU)
+        config("train_sas", train_negative_sample_size=0)
 
 
 def test_tisas_train_timestamps_follow_the_tokens():
     data = make_data([3, 12, 20], n_items=25)
-    builder = SasBatches(data, config("train_tisas", max_len=8, train_window=3), CPU)
+    builder = TisasBatches(data, config("train_tisas", max_len=8, train_window=3), CPU)
     rescaled = rescaled_timestamps(data.sequences.offsets, data.sequences.timestamps)
     batch = builder.train_batch(builder.train_users, builder.train_ends, builder.generator(1))
     for row, (u, end) in enumerate(zip(builder.train_users.tolist(), builder.train_ends.tolist())):
         start = int(data.sequences.offsets[u])
         beg = max(start, end - 9)
-        assert batch["timestamps"][row].tolist() == left_pad(rescaled[beg:end - 1].tolist(), 8)
-        assert torch.equal(batch["timestamps"][row] > 0, batch["tokens"][row] > 0)
+        assert batch.timestamps[row].tolist() == left_pad(rescaled[beg:end - 1].tolist(), 8)
+        assert torch.equal(batch.timestamps[row] > 0, batch.tokens[row] > 0)
 
 
 def rescaled_reference(times: list[int]) -> list[int]:
@@ -228,14 +227,14 @@ def test_marank_train_examples():
     for epoch in range(1, 60):
         g = builder.generator(epoch)
         batch = builder.train_batch(builder.train_users, builder.train_ends, g)
-        assert batch["tokens"].shape == (len(builder.train_users), 4)
+        assert batch.tokens.shape == (len(builder.train_users), 4)
         for row, u in enumerate(builder.train_users.tolist()):
             items = user_items(data, u)
             pos = len(items) - 2
-            label = int(batch["labels"][row, 0])
-            tokens = batch["tokens"][row].tolist()
-            assert batch["users"][row] == u
-            assert int(batch["negative_labels"][row, 0]) in data.train_negatives[u].tolist()
+            label = int(batch.labels[row, 0])
+            tokens = batch.tokens[row].tolist()
+            assert batch.users[row] == u
+            assert int(batch.negatives[row, 0]) in data.train_negatives[u].tolist()
             # find the end: the tokens are the items before the label, right-padded with the last
             matches = [end for end in range(2, pos + 1) if items[end - 1] == label and
                        _marank_context(items, end - 1, 4) == tokens]
@@ -261,5 +260,5 @@ def test_marank_eval_right_pads_by_repeating():
         for u in range(3):
             items = user_items(data, u)
             pos = len(items) - back
-            assert batch["tokens"][u].tolist() == _marank_context(items, pos, 4)
-            assert batch["users"][u] == u and batch["candidates"][u, 0] == items[pos]
+            assert batch.tokens[u].tolist() == _marank_context(items, pos, 4)
+            assert batch.users[u] == u and batch.candidates[u, 0] == items[pos]

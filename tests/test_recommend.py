@@ -12,6 +12,7 @@ from esapr.cli import main
 from esapr.config import build_config
 from esapr.errors import UserError
 from esapr.recommend import load_experiment, recommendation_panel
+from esapr.registry import family
 from esapr.training.trainer import train
 from tests.synthetic import write_ratings_csv
 
@@ -62,20 +63,17 @@ def reference_scores(loaded, user_row: int) -> torch.Tensor:
     seqs = loaded.data.sequences
     assert user_row < seqs.n_users - 1
     model = loaded.model
-    builder = model.batch_builder(loaded.data, loaded.config, torch.device("cpu"))
+    builder = family(loaded.config.model_code).builder_class()(loaded.data, loaded.config, torch.device("cpu"))
     users = torch.tensor([user_row])
     ends = torch.tensor([int(seqs.offsets[user_row + 1])])
-    batch = builder.eval_batch(users, ends)
-    extras = dict(users=users, ends=ends, answers=builder.items[ends],
-                  candidates=torch.cat([builder.items[ends].unsqueeze(1), builder.negatives[users]], 1))
-    batch = {**extras, **batch}   # the builder's own keys (MARank's 1-based "users") win
+    batch = builder.eval_batch(users, builder.starts[users], ends, builder.data)
     with torch.no_grad():
         return model.scores(batch)[0, : seqs.n_items + 1].float()
 
 
-@pytest.mark.parametrize("family", ["vae", "bert", "sas", "marank"])
-def test_known_user_top10_matches_model_scores(experiments, family):
-    loaded = load_experiment(experiments(family))
+@pytest.mark.parametrize("code", ["vae", "bert", "sas", "marank"])
+def test_known_user_top10_matches_model_scores(experiments, code):
+    loaded = load_experiment(experiments(code))
     seqs = loaded.data.sequences
     user = int(seqs.user_ids[7])
     top = loaded.recommend(user=user, k=10)
@@ -93,10 +91,10 @@ def test_known_user_top10_matches_model_scores(experiments, family):
     assert (np.diff(top["score"].to_numpy()) <= 0).all()
 
 
-@pytest.mark.parametrize("family", ["vae", "bert", "sas"])
-def test_new_history_equals_known_user_with_that_history(experiments, family):
+@pytest.mark.parametrize("code", ["vae", "bert", "sas"])
+def test_new_history_equals_known_user_with_that_history(experiments, code):
     """These models have no user embedding: a new history scores like the same known history."""
-    loaded = load_experiment(experiments(family))
+    loaded = load_experiment(experiments(code))
     user = int(loaded.data.sequences.user_ids[3])
     items = loaded.history(user)["item"].tolist()
     by_user = loaded.recommend(user=user, k=15)

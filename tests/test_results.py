@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from esapr.cli import main
+from esapr.config import build_config
 from esapr.errors import UserError
 from esapr.results import format_table, highlight, plot_curves, plot_results_table, results_table
 
@@ -19,6 +20,7 @@ def make_experiment(root: Path, name: str, template: str, model_code: str, datas
     path = root / "group" / name
     (path / "tables").mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"templates": [template], "model_code": model_code,
+                                                  "model_label": build_config([template]).model_label,
                                                   "experiment_name": name, "dataset_code": dataset,
                                                   "n_users": 10, "n_items": 20}))
     val_rows = val_rows or [{"epoch": e, **{k: v * e / best_epoch for k, v in test.items()}} for e in (1, 2, 3)]
@@ -179,5 +181,17 @@ def test_cli_results_errors_are_one_line(tmp_path, capsys):
     assert main(["results", "--root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such folder" in err
-    assert main(["results"]) == 2
+    assert main(["results", "--digits", "abc"]) == 2
+    assert capsys.readouterr().err == "esapr: error: --digits expects a whole number, got 'abc'\n"
+    assert main(["results", "--lr", "0.1"]) == 2
     assert "usage: esapr results" in capsys.readouterr().err
+
+
+def test_cli_results_reads_experiments_by_default(root, monkeypatch, capsys):
+    (root / "group").rename(root / "experiments")
+    monkeypatch.chdir(root)
+    assert main(["results"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == "BERT4Rec"
+    monkeypatch.chdir(root / "experiments")
+    assert main(["results"]) == 2
+    assert "experiments: no such folder" in capsys.readouterr().err

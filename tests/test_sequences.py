@@ -185,7 +185,7 @@ def test_cache_key_follows_the_options_that_change_the_data(tmp_path):
     assert cache_dir(config).name == "ml-100k_min_rating0-min_uc5-min_sc5-splitleave_one_out"
     raw.unlink()    # from now on, only the cache can answer
     same = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                   "data_url": offline, "lr": 0.1, "train_batch_size": 7, "model_code": "sas"})
+                                   "data_url": offline, "lr": 0.1, "train_batch_size": 7, "model_code": "vae"})
     assert cache_dir(same) == folder
     again, _, _ = load_sequences(same)
     assert np.array_equal(again.items, first.items)

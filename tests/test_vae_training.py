@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from esapr.config import build_config
-from esapr.data.prepare import prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.models import DataInfo, build_model
-from esapr.training.trainer import Trainer, train
+from esapr.training.trainer import train
 from tests.synthetic import write_ratings_csv
 
 SMALL = dict(max_len=16, train_window=2, train_batch_size=64, val_batch_size=50, test_batch_size=50,

@@ -1,22 +1,16 @@
-"""Model registry: model_code -> class. Classes are imported only when used."""
+"""What every model is to the trainer: ``forward(batch)`` returns the training loss, ``scores``
+scores every item, ``candidate_scores`` the evaluation candidates. The registry
+(``esapr.registry``) maps model_code to the class."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from esapr.data.batches.types import Batch
+from esapr.registry import family
 from esapr.training.schedule import Schedule
-
-MODELS = {
-    "vae": "esapr.models.vae:VAE",
-    "bert": "esapr.models.bert4rec:BERT4Rec",
-    "sas": "esapr.models.sasrec:SASRec",
-    "tisas": "esapr.models.tisasrec:TiSASRec",
-    "meantime": "esapr.models.meantime:MEANTIME",
-    "marank": "esapr.models.marank:MARank",
-}
 
 
 @dataclass(frozen=True)
@@ -28,32 +22,38 @@ class DataInfo:
 
 
 class SequentialModel(nn.Module):
-    """What the trainer needs from a model. ``batch_builder`` names its batch family."""
-    batch_builder: type
-
-    def loss(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training loss of ``batch`` (a scalar)."""
         raise NotImplementedError
 
-    def scores(self, batch: dict) -> torch.Tensor:
+    def scores(self, batch: Batch) -> torch.Tensor:
         """Scores of every item [B, n_items + 1] (column 0 is padding and is ignored)."""
         raise NotImplementedError
 
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of ``batch['candidates']`` [B, C]; reuses ``scores`` when already computed."""
-        scores = self.scores(batch) if scores is None else scores
-        return scores.gather(1, batch["candidates"])
+    def candidate_scores(self, batch: Batch, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of ``batch.candidates`` [B, C]; from ``scores`` when already computed, else
+        from ``direct_candidate_scores`` where the model has a cheaper path, else all scores."""
+        if scores is None:
+            direct = self.direct_candidate_scores(batch)
+            if direct is not None:
+                return direct
+            scores = self.scores(batch)
+        return self.ruled_out(batch, scores).gather(1, batch.candidates)
+
+    def direct_candidate_scores(self, batch: Batch) -> torch.Tensor | None:
+        """The candidates' scores without scoring every item, or None (the default)."""
+        return None
+
+    def ruled_out(self, batch: Batch, scores: torch.Tensor) -> torch.Tensor:
+        """Scores with the items a model never ranks (for the sampled protocol) set to -inf."""
+        return scores
 
     def make_schedule(self, config) -> Schedule:
         return Schedule()
-
-
-def model_class(code: str) -> type[SequentialModel]:
-    module, name = MODELS[code].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def build_model(config, info: DataInfo) -> SequentialModel:
     """Build with a seeded initialisation (``model_init_seed``), independent of earlier RNG use."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.model_init_seed)
-        return model_class(config.model_code)(config, info)
+        return family(config.model_code).model_class()(config, info)

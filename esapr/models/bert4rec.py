@@ -1,15 +1,102 @@
 """BERT4Rec (reference.md §4.3): token + positional embedding, LayerNorm, dropout, bidirectional
 Transformer blocks (output linear, FFN 4H with GELU and no middle dropout), a tied dot-product
-(or linear) head; cross-entropy over the masked positions (§5.2)."""
+(or linear) head; cross-entropy over the masked positions (§5.2).
+
+``MaskedItemModel`` is what BERT4Rec and MEANTIME share: the head, the masked-item loss and
+scoring from the last (mask) slot.
+"""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from esapr.data.batches.bert import BertBatches
+from esapr.data.batches.types import SequenceBatch
 from esapr.models import DataInfo, SequentialModel
-from esapr.models.layers import (Dropout, FeedForward, MultiHeadAttention, PositionalEmbedding, Sublayer, attention_bias,
-                                 grouped_loss, init_weights, last_rows, make_head, masked_positions_loss, per_group)
+from esapr.models.attention import (FeedForward, MultiHeadAttention, PositionalEmbedding, Sublayer, attention_bias,
+                                    init_weights, last_rows)
+from esapr.models.dropout import Dropout
+from esapr.models.length_groups import grouped_loss, per_group
+
+
+class DotHead(nn.Module):
+    """BERT's dot-product head: GELU(Linear(x)) [-> LayerNorm], then dot products with the token
+    embedding rows 0..n_items (tied) plus a learned per-item bias (initialised to 0)."""
+
+    def __init__(self, hidden: int, embedding: nn.Embedding, n_classes: int, use_ln: bool):
+        super().__init__()
+        self.embedding = embedding
+        self.n_classes = n_classes
+        self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(approximate="tanh"),
+                                       *([nn.LayerNorm(hidden)] if use_ln else []))
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every class 0..n_items: [M, n_items + 1]."""
+        return torch.addmm(self.bias.to(x.dtype), self.transform(x), self.embedding.weight[:self.n_classes].t())
+
+    def candidates(self, x: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """x [B, H], candidates [B, C] -> [B, C]."""
+        h = self.transform(x)
+        return torch.einsum("bh,bch->bc", h, self.embedding(candidates)) + self.bias[candidates]
+
+
+class LinearHead(nn.Module):
+    """Linear(H -> H) -> GELU [-> LayerNorm] -> Linear(H -> n_items + 1)."""
+
+    def __init__(self, hidden: int, n_classes: int, use_ln: bool):
+        super().__init__()
+        self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(approximate="tanh"),
+                                 *([nn.LayerNorm(hidden)] if use_ln else []), nn.Linear(hidden, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x)
+
+    def candidates(self, x: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self(x).gather(1, candidates)
+
+
+def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, logits_of: Callable) -> tuple[torch.Tensor, int]:
+    """§5.2 BERT/MEANTIME: (sum, count) of the cross-entropy over the positions with label > 0,
+    classes 0..n_items. Without any such position the sum is 0 (with a gradient), not NaN."""
+    flat = labels.reshape(-1)
+    rows = torch.nonzero(flat, as_tuple=True)[0]
+    selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, rows)
+    logits = logits_of(selected).float()
+    total = F.cross_entropy(logits, flat.index_select(0, rows), reduction="sum")
+    return total, rows.numel()
+
+
+class MaskedItemModel(SequentialModel):
+    """A token table, an ``encode`` of the window and a head over the items; trained to recover
+    masked items, scored from the last slot (the mask token at evaluation)."""
+
+    def __init__(self, config, info: DataInfo):
+        super().__init__()
+        self.hidden = config.hidden_units
+        self.n_classes = info.n_items + 1              # pad + items; the mask token is not a class
+        self.token = nn.Embedding(info.n_items + 2, self.hidden, padding_idx=0)
+
+    def make_head(self, config) -> nn.Module:
+        if config.headtype == "linear":
+            return LinearHead(self.hidden, self.n_classes, config.head_use_ln)
+        return DotHead(self.hidden, self.token, self.n_classes, config.head_use_ln)
+
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        """Hidden states [B, T, H]; ``last_only``: only the last slot [B, H]."""
+        raise NotImplementedError
+
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        return grouped_loss(batch, self.hidden, lambda b: masked_positions_loss(self.encode(b), b.labels, self.head))
+
+    def scores(self, batch: SequenceBatch) -> torch.Tensor:
+        return per_group(batch, self.hidden, lambda b: self.head(self.encode(b, last_only=True)))
+
+    def direct_candidate_scores(self, batch: SequenceBatch) -> torch.Tensor:
+        return per_group(batch, self.hidden, lambda b: self.head.candidates(self.encode(b, last_only=True),
+                                                                            b.candidates))
 
 
 class TransformerBlock(nn.Module):
@@ -32,44 +119,23 @@ class TransformerBlock(nn.Module):
         return self.feed_forward_sublayer(x, self.feed_forward)
 
 
-class BERT4Rec(SequentialModel):
-    batch_builder = BertBatches
-
-    @staticmethod
-    def batch_inputs(config) -> tuple:
-        return ()
-
+class BERT4Rec(MaskedItemModel):
     def __init__(self, config, info: DataInfo):
-        super().__init__()
-        hidden = self.hidden = config.hidden_units
-        self.n_classes = info.n_items + 1              # pad + items; the mask token is not a class
-        self.token = nn.Embedding(info.n_items + 2, hidden, padding_idx=0)
+        super().__init__(config, info)
+        hidden = self.hidden
         self.position = PositionalEmbedding(config.max_len, hidden)
         self.norm = nn.LayerNorm(hidden)
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(hidden, config.num_heads, config.dropout, config.residual_ln_type)
                                     for _ in range(config.num_blocks))
-        self.head = make_head(config.headtype, hidden, self.token, self.n_classes, config.head_use_ln)
+        self.head = self.make_head(config)
         init_weights(self, config.model_init_range)
 
-    def encode(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Hidden states [B, T, H]; ``last_only``: only the last slot [B, H] (the last block then
-        computes that row alone)."""
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        """The last block computes the last row alone when ``last_only``."""
+        tokens = batch.tokens
         x = self.dropout(self.norm(self.token(tokens) + self.position(tokens.size(1))))
         mask = attention_bias(tokens)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, 1 if last_only and i == len(self.blocks) - 1 else None)
         return x[:, -1] if last_only else x
-
-    def loss(self, batch: dict) -> torch.Tensor:
-        return grouped_loss(batch, self.hidden, lambda b: masked_positions_loss(self.encode(b["tokens"]), b["labels"],
-                                                                               self.head))
-
-    def scores(self, batch: dict) -> torch.Tensor:
-        return per_group(batch, self.hidden, lambda b: self.head(self.encode(b["tokens"], last_only=True)))
-
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        if scores is not None:
-            return scores.gather(1, batch["candidates"])
-        return per_group(batch, self.hidden, lambda b: self.head.candidates(self.encode(b["tokens"], last_only=True),
-                                                                            b["candidates"]))

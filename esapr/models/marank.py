@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esapr.data.batches.sas import MarankBatches
+from esapr.data.batches.types import SequenceBatch
 from esapr.models import DataInfo, SequentialModel
-from esapr.models.layers import Dropout, init_weights
+from esapr.models.attention import init_weights
+from esapr.models.dropout import Dropout
 
 
 class Attention(nn.Module):
@@ -38,12 +39,6 @@ class Attention(nn.Module):
 
 
 class MARank(SequentialModel):
-    batch_builder = MarankBatches
-
-    @staticmethod
-    def batch_inputs(config) -> tuple:
-        return ("users",)
-
     def __init__(self, config, info: DataInfo):
         super().__init__()
         hidden = config.hidden_units
@@ -69,10 +64,10 @@ class MARank(SequentialModel):
             outputs.append(x)
         return outputs
 
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(final [B, H], user latent [B, H])."""
-        user = self.user_latent(batch["users"].reshape(-1) + 1)  # rows 0.. -> dense ids 1.. (0 unused)
-        context = self.item_context(batch["tokens"])                                # B M H
+        user = self.user_latent(batch.users + 1)  # rows 0.. -> dense ids 1.. (0 unused)
+        context = self.item_context(batch.tokens)                                # B M H
         attended = self.context_attention(context, self.dropout, user) + context[:, -1]
         user_layers = self.residual_stack(user, self.user_res)
         item_layers = self.residual_stack(context, self.item_res)
@@ -81,21 +76,19 @@ class MARank(SequentialModel):
         final = self.residual_stack(g, self.final_res)[-1] + g if len(self.final_res) else g
         return final, user
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
         final, user = self.encode(batch)
-        pos, neg = batch["labels"].reshape(-1), batch["negative_labels"].reshape(-1)
+        pos, neg = batch.labels.reshape(-1), batch.negatives.reshape(-1)
         short = (final * (self.item_context(pos) - self.item_context(neg))).sum(-1)
         long = (user * (self.item_latent(pos) - self.item_latent(neg))).sum(-1)
         return -F.logsigmoid((short + long).float()).mean()
 
-    def scores(self, batch: dict) -> torch.Tensor:
+    def scores(self, batch: SequenceBatch) -> torch.Tensor:
         final, user = self.encode(batch)
         return final @ self.item_context.weight.t() + user @ self.item_latent.weight.t()
 
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        if scores is not None:
-            return scores.gather(1, batch["candidates"])
+    def direct_candidate_scores(self, batch: SequenceBatch) -> torch.Tensor:
         final, user = self.encode(batch)
-        c = batch["candidates"]
+        c = batch.candidates
         return (torch.einsum("bh,bch->bc", final, self.item_context(c))
                 + torch.einsum("bh,bch->bc", user, self.item_latent(c)))

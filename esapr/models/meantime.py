@@ -24,7 +24,7 @@ Memory: the original materialises every relative kernel as [B, T, T, H] and its 
 [B, T, T, d_k] (gigabytes at B=256, T=200). Here the projection is moved onto the query side:
 (Q_i + b) . (W k_ij + c) = (W^T (Q_i + b)) . k_ij + (Q_i + b) . c, which is the same number;
 the dropped kernels are evaluated a few examples at a time and rebuilt in the backward pass
-(``layers.KernelTerm``), with masks that repeat exactly, so all blocks see the same dropped
+(``relative.KernelTerm``), with masks that repeat exactly, so all blocks see the same dropped
 kernels, as in the original.
 """
 from __future__ import annotations
@@ -34,23 +34,14 @@ import math
 import torch
 from torch import nn
 
-from esapr.data.batches.bert import BertBatches
-from esapr.errors import UserError
-from esapr.models import DataInfo, SequentialModel
-from esapr.models.layers import (Dropout, FeedForward, KernelTerm, PairDropout, PositionalEmbedding, Sublayer,
-                                 attention_bias, attention_probs, grouped_loss, init_weights, last_rows, make_head,
-                                 masked_positions_loss, merge_heads, per_group, split_heads, widened)
-
-ABSOLUTE = ("p", "d", "c")
-RELATIVE = ("s", "e", "l")
-
-
-def parse_kernels(text: str | None, allowed: tuple, option: str) -> list[str]:
-    kinds = [k for k in (text or "").split("-") if k]
-    bad = [k for k in kinds if k not in allowed]
-    if bad:
-        raise UserError(f"option '{option}' takes '-'-separated kernels from {', '.join(allowed)}; got {text!r}")
-    return kinds
+from esapr.data.batches.types import SequenceBatch
+from esapr.models import DataInfo
+from esapr.models.attention import (FeedForward, PositionalEmbedding, Sublayer, attention_bias, attention_probs,
+                                    init_weights, last_rows, merge_heads, split_heads)
+from esapr.models.bert4rec import MaskedItemModel
+from esapr.models.dropout import Dropout, widened
+from esapr.models.relative import KernelTerm, PairDropout
+from esapr.registry import kernel_kinds
 
 
 class RelativeKernels:
@@ -166,36 +157,16 @@ class MeantimeBlock(nn.Module):
         return self.dropout(self.feed_forward_sublayer(x, self.feed_forward))
 
 
-class MEANTIME(SequentialModel):
+class MEANTIME(MaskedItemModel):
     """MEANTIME with ``num_heads`` attention heads per kernel (see the module docstring)."""
-    batch_builder = BertBatches
-
-    @staticmethod
-    def batch_inputs(config) -> tuple:
-        needs = []
-        if parse_kernels(config.relative_kernel_types, RELATIVE, "relative_kernel_types"):
-            needs.append("timestamps")
-        if "d" in parse_kernels(config.absolute_kernel_types, ABSOLUTE, "absolute_kernel_types"):
-            needs.append("days")
-        return tuple(needs)
 
     def __init__(self, config, info: DataInfo):
-        super().__init__()
-        hidden = self.hidden = config.hidden_units
-        self.absolute_kinds = parse_kernels(config.absolute_kernel_types, ABSOLUTE, "absolute_kernel_types")
-        self.relative_kinds = parse_kernels(config.relative_kernel_types, RELATIVE, "relative_kernel_types")
-        kernels = len(self.absolute_kinds) + len(self.relative_kinds)
-        if kernels == 0:
-            raise UserError("MEANTIME needs at least one kernel in absolute_kernel_types or relative_kernel_types")
-        if config.num_heads < 1 or hidden % (config.num_heads * kernels):
-            raise UserError(f"MEANTIME uses num_heads heads per kernel: hidden_units ({hidden}) must be divisible "
-                            f"by num_heads ({config.num_heads}) x the number of kernels ({kernels})")
-        if "s" in self.relative_kinds and hidden % 2:
-            raise UserError(f"the sinusoid kernel needs an even hidden_units, got {hidden}")
-        self.n_classes = info.n_items + 1
+        super().__init__(config, info)
+        hidden = self.hidden
+        self.absolute_kinds = kernel_kinds(config.absolute_kernel_types)
+        self.relative_kinds = kernel_kinds(config.relative_kernel_types)
         self.freq = config.freq
-        self.time_unit = config.time_unit_divide or 1
-        self.token = nn.Embedding(info.n_items + 2, hidden, padding_idx=0)
+        self.time_unit = config.time_unit_divide
         self.absolute = nn.ModuleDict()
         for kind in self.absolute_kinds:
             if kind == "p":
@@ -209,46 +180,34 @@ class MEANTIME(SequentialModel):
             MeantimeBlock(hidden, len(self.absolute_kinds), len(self.relative_kinds), config.dropout,
                           config.residual_ln_type, config.num_heads)
             for _ in range(config.num_blocks))
-        self.head = make_head(config.headtype, hidden, self.token, self.n_classes, config.head_use_ln)
+        self.head = self.make_head(config)
         init_weights(self, config.model_init_range)
         for block in self.blocks:
             nn.init.normal_(block.attention.rel_bias, 0.0, config.model_init_range)
 
-    def _absolute(self, batch: dict, b: int, length: int) -> list:
+    def _absolute(self, batch: SequenceBatch, b: int, length: int) -> list:
         kernels = []
         for kind in self.absolute_kinds:
             if kind == "p":
                 a = self.absolute[kind](length).expand(b, -1, -1)
             elif kind == "d":
-                a = self.absolute[kind](batch["days"])
+                a = self.absolute[kind](batch.days)
             else:
                 a = self.absolute[kind].weight.expand(b, length, -1)
             kernels.append(self.dropout(a))
         return kernels
 
-    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
-        tokens = batch["tokens"]
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        tokens = batch.tokens
         b, length = tokens.shape
         x = self.dropout(self.token(tokens))
         absolute = self._absolute(batch, b, length)
         relative = None
         if self.relative_kinds:
-            relative = RelativeKernels(self.relative_kinds, batch["timestamps"], x.size(-1), self.freq,
+            relative = RelativeKernels(self.relative_kinds, batch.timestamps, x.size(-1), self.freq,
                                        self.time_unit, self.dropout.p, self.training)
         mask = attention_bias(tokens)
         for i, block in enumerate(self.blocks):
             rows = 1 if last_only and i == len(self.blocks) - 1 else None
             x = block(x, mask, absolute, relative, rows)
         return x[:, -1] if last_only else x
-
-    def loss(self, batch: dict) -> torch.Tensor:
-        return grouped_loss(batch, self.hidden, lambda b: masked_positions_loss(self.encode(b), b["labels"], self.head))
-
-    def scores(self, batch: dict) -> torch.Tensor:
-        return per_group(batch, self.hidden, lambda b: self.head(self.encode(b, last_only=True)))
-
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        if scores is not None:
-            return scores.gather(1, batch["candidates"])
-        return per_group(batch, self.hidden, lambda b: self.head.candidates(self.encode(b, last_only=True),
-                                                                            b["candidates"]))

@@ -12,10 +12,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esapr.data.batches.sas import SasBatches
+from esapr.data.batches.types import SequenceBatch
 from esapr.models import DataInfo, SequentialModel
-from esapr.models.layers import (Dropout, FeedForward, MultiHeadAttention, PositionalEmbedding, attention_bias, grouped_loss,
-                                 init_weights, last_rows, next_item_bce_loss, per_group)
+from esapr.models.attention import (FeedForward, MultiHeadAttention, PositionalEmbedding, attention_bias, init_weights,
+                                    last_rows)
+from esapr.models.dropout import Dropout
+from esapr.models.length_groups import grouped_loss, per_group
+
+
+def next_item_bce_loss(hidden: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,
+                       embedding: nn.Embedding) -> tuple[torch.Tensor, int]:
+    """§5.2 SAS/TiSAS: (sum, count) over the positions with label > 0 of
+    -log(sigmoid(h.e_pos) + 1e-24) - log(1 - sigmoid(h.e_neg) + 1e-24)."""
+    flat = labels.reshape(-1)
+    rows = torch.nonzero(flat, as_tuple=True)[0]
+    h = hidden.reshape(-1, hidden.size(-1)).index_select(0, rows).float()
+    pos = embedding(flat.index_select(0, rows)).float()
+    neg = embedding(negatives.reshape(-1).index_select(0, rows)).float()
+    p_pos = torch.sigmoid((h * pos).sum(-1))
+    p_neg = torch.sigmoid((h * neg).sum(-1))
+    total = -(torch.log(p_pos + 1e-24) + torch.log(1 - p_neg + 1e-24)).sum()
+    return total, rows.numel()
 
 
 class SasBlock(nn.Module):
@@ -39,28 +56,21 @@ class SasBlock(nn.Module):
 class SasModelBase(SequentialModel):
     """Shared by SASRec and TiSASRec: the token table, the final LayerNorm, the loss and scoring
     against the token embedding (no head, no bias)."""
-    batch_builder = SasBatches
 
-    @staticmethod
-    def batch_inputs(config) -> tuple:
-        return ()
-
-    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        return grouped_loss(batch, self.hidden, lambda b: next_item_bce_loss(self.encode(b), b["labels"],
-                                                                            b["negative_labels"], self.token))
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        return grouped_loss(batch, self.hidden, lambda b: next_item_bce_loss(self.encode(b), b.labels, b.negatives,
+                                                                            self.token))
 
-    def scores(self, batch: dict) -> torch.Tensor:
+    def scores(self, batch: SequenceBatch) -> torch.Tensor:
         return per_group(batch, self.hidden,
                          lambda b: self.encode(b, last_only=True) @ self.token.weight[:self.n_classes].t())
 
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        if scores is not None:
-            return scores.gather(1, batch["candidates"])
+    def direct_candidate_scores(self, batch: SequenceBatch) -> torch.Tensor:
         return per_group(batch, self.hidden, lambda b: torch.einsum("bh,bch->bc", self.encode(b, last_only=True),
-                                                                    self.token(b["candidates"])))
+                                                                    self.token(b.candidates)))
 
 
 class SASRec(SasModelBase):
@@ -78,8 +88,8 @@ class SASRec(SasModelBase):
         self.norm = nn.LayerNorm(hidden)
         init_weights(self, config.model_init_range)
 
-    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
-        tokens = batch["tokens"]
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        tokens = batch.tokens
         x = self.dropout(self.token(tokens) + self.position(tokens.size(1)))
         mask = attention_bias(tokens, causal=True)
         for i, block in enumerate(self.blocks):

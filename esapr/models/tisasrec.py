@@ -6,7 +6,7 @@ device from the [B, T] rescaled timestamps (§3.4).
 score_ij = (q_i.k_j + q_i.P^K_j + q_i.R^K_ij) / sqrt(d_k); out_i = sum_j p_ij (v_j + P^V_j + R^V_ij).
 
 Every embedding has its own dropout, the [B, T, T, H] relative embeddings included; those are
-built a few examples at a time and never for the whole batch (``layers.IntervalKeyTerm``).
+built a few examples at a time and never for the whole batch (``relative.IntervalTerm``).
 """
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ import math
 import torch
 from torch import nn
 
+from esapr.data.batches.types import SequenceBatch
 from esapr.models import DataInfo
-from esapr.models.layers import (Dropout, IntervalKeyTerm, IntervalValueTerm, PairDropout, PositionalEmbedding,
-                                 attention_bias, attention_probs, init_weights, merge_heads, split_heads, widened)
+from esapr.models.attention import (PositionalEmbedding, attention_bias, attention_probs, init_weights, merge_heads,
+                                    split_heads)
+from esapr.models.dropout import Dropout, widened
+from esapr.models.relative import KEYS, VALUES, IntervalTerm, PairDropout
 from esapr.models.sasrec import SasBlock, SasModelBase
 
 
@@ -56,20 +59,16 @@ class TimeIntervalAttention(nn.Module):
         k = split_heads(self.key(key_value) + pos_key, self.heads)           # B n T d
         v = split_heads(self.value(key_value) + pos_value, self.heads)
         times_q = rel.times[:, -rows:]
-        rel_scores = IntervalKeyTerm.apply(widened(q), times_q, rel.times, rel.clip, rel.drop, 0,
-                                           *self._columns(rel.key_table))
+        rel_scores = IntervalTerm.apply(widened(q), times_q, rel.times, rel.clip, rel.drop, KEYS,
+                                        *self._columns(rel.key_table))
         scores = torch.matmul(q, k.transpose(-2, -1)) + rel_scores.to(q.dtype)
         probs = attention_probs(scores, mask, self.dropout)
-        rel_values = IntervalValueTerm.apply(widened(probs), times_q, rel.times, rel.clip, rel.drop, 1,
-                                             *self._columns(rel.value_table))
+        rel_values = IntervalTerm.apply(widened(probs), times_q, rel.times, rel.clip, rel.drop, VALUES,
+                                        *self._columns(rel.value_table))
         return merge_heads(torch.matmul(probs, v) + rel_values.to(probs.dtype))
 
 
 class TiSASRec(SasModelBase):
-    @staticmethod
-    def batch_inputs(config) -> tuple:
-        return ("timestamps",)
-
     def __init__(self, config, info: DataInfo):
         super().__init__()
         hidden = self.hidden = config.hidden_units
@@ -87,13 +86,13 @@ class TiSASRec(SasModelBase):
         self.norm = nn.LayerNorm(hidden)
         init_weights(self, config.model_init_range)
 
-    def encode(self, batch: dict, last_only: bool = False) -> torch.Tensor:
-        tokens = batch["tokens"]
+    def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
+        tokens = batch.tokens
         b, length = tokens.shape
         x = self.dropout(self.token(tokens))
         pos_key = self.dropout(self.position_key(length).expand(b, -1, -1))
         pos_value = self.dropout(self.position_value(length).expand(b, -1, -1))
-        rel = TimeIntervals(batch["timestamps"], self.time_key, self.time_value, self.clip, self.dropout.p,
+        rel = TimeIntervals(batch.timestamps, self.time_key, self.time_value, self.clip, self.dropout.p,
                             self.training)
         mask = attention_bias(tokens, causal=True)
         for i, block in enumerate(self.blocks):

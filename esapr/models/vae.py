@@ -5,10 +5,10 @@ likelihood over the last ``recover_len`` window slots and transfer training (ref
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from esapr.data.batches.vae import VaeBatches, position_weights
+from esapr.data.batches.types import BagBatch
+from esapr.data.batches.vae import position_weights
 from esapr.models import DataInfo, SequentialModel
 from esapr.training.schedule import Schedule, Transfer
 
@@ -26,8 +26,6 @@ def _stack(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class VAE(SequentialModel):
-    batch_builder = VaeBatches
-
     def __init__(self, config, info: DataInfo):
         super().__init__()
         vocab = info.n_items + 1
@@ -50,31 +48,32 @@ class VAE(SequentialModel):
                 nn.init.normal_(layer.weight, 0.0, std)
                 nn.init.normal_(layer.bias, 0.0, 0.001)
 
-    def encoder_input(self, batch: dict) -> torch.Tensor:
+    def encoder_input(self, batch: BagBatch) -> torch.Tensor:
         """Normalised bag with input dropout. With L2 normalisation the dropout mask is drawn per
         distinct bag item ([B, S] draws instead of [B, n_items+1]; zeros stay zeros either way)."""
-        bag = batch["bag"]
+        bag = batch.bag
         if self.normalize is not None:
             return self.input_dropout(self.normalize(bag))
         norm = bag.norm(dim=1, keepdim=True).clamp_min(1e-12)
         p = self.input_dropout.p
         if not self.training or p == 0:
             return bag / norm
-        slots = batch["slots"]
-        kept = (torch.rand(slots.shape, device=bag.device) >= p) & batch["last"]
+        slots = batch.slots
+        kept = (torch.rand(slots.shape, device=bag.device) >= p) & batch.last
         dropped = torch.zeros_like(bag).scatter_add_(1, slots, bag.gather(1, slots) * kept)
         return dropped / (norm * (1 - p))
 
-    def forward(self, batch: dict):
+    def logits(self, batch: BagBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(decoder logits [B, n_items + 1], mu, logvar)."""
         h = self.encoder(self.encoder_input(batch))
         mu, logvar = h[:, :self.latent], h[:, self.latent:]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        logits, mu, logvar = self(batch)
+    def forward(self, batch: BagBatch) -> torch.Tensor:
+        logits, mu, logvar = self.logits(batch)
         r = self.recover_len
-        labels = batch["label"][:, -r:]
+        labels = batch.labels[:, -r:]
         w = self.weights[-r:].expand_as(labels)
         if not self.legacy_bag:
             w = w * (labels != 0)
@@ -85,15 +84,14 @@ class VAE(SequentialModel):
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
         return -recon.mean() + self.kl_weight * kl.float().mean()
 
-    def scores(self, batch: dict) -> torch.Tensor:
-        return self(batch)[0]
+    def scores(self, batch: BagBatch) -> torch.Tensor:
+        return self.logits(batch)[0]
 
-    def candidate_scores(self, batch: dict, scores: torch.Tensor | None = None) -> torch.Tensor:
-        """As the original: items in the input window (and pad 0) are ruled out before ranking."""
-        scores = self.scores(batch) if scores is None else scores
-        scores = scores.masked_fill(batch["bag"] != 0, float("-inf"))
+    def ruled_out(self, batch: BagBatch, scores: torch.Tensor) -> torch.Tensor:
+        """As the original: items in the input window (and pad 0) are never ranked."""
+        scores = scores.masked_fill(batch.bag != 0, float("-inf"))
         scores[:, 0] = float("-inf")
-        return scores.gather(1, batch["candidates"])
+        return scores
 
     def make_schedule(self, config) -> Schedule:
         return TransferSchedule(config)
@@ -137,6 +135,9 @@ class TransferSchedule(Schedule):
         beta = (min(self.anneal_cap, self.update_count / self.total_anneal_steps)
                 if self.total_anneal_steps > 0 else self.anneal_cap)
         return {"recover_len": self.recover_len, "kl_weight": beta}
+
+    def progress_values(self) -> dict:
+        return {"recover_len": self.recover_len}
 
     def state_dict(self) -> dict:
         return {"recover_len": self.recover_len, "update_count": self.update_count}

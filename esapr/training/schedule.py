@@ -27,6 +27,10 @@ class Schedule:
         """Extra columns for the training log."""
         return {}
 
+    def progress_values(self) -> dict:
+        """What the progress display shows besides the metric (e.g. the current stage)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

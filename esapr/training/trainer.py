@@ -14,14 +14,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from esapr.config import Config
 from esapr.data.prepare import PreparedData, prepare_data
 from esapr.errors import UserError
-from esapr.experiment import Experiment
+from esapr.experiment import Experiment, experiment_path
 from esapr.models import DataInfo, build_model
-from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks, history_pairs
+from esapr.progress import Progress
+from esapr.registry import family
+from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks
 
 
 @dataclass
@@ -32,6 +33,16 @@ class TrainState:
     patience_from: int = 0        # last epoch that improved or started a new stage
     stopped: bool = False
     train_seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    """Metrics averaged over users, and each user's 0-based rank of the answer (full_ranks: -1
+    when full ranking is off)."""
+    metrics: dict[str, float]
+    users: np.ndarray
+    ranks: np.ndarray
+    full_ranks: np.ndarray
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,14 +67,14 @@ def data_info(data: PreparedData) -> DataInfo:
 
 
 class Trainer:
-    def __init__(self, config: Config, data: PreparedData, progress: bool = True):
+    def __init__(self, config: Config, data: PreparedData, progress: Progress | bool | str = True):
         self.config = config
         self.data = data
-        self.progress = progress
+        self.progress = progress if isinstance(progress, Progress) else Progress(progress)
         self.device = resolve_device(config.device)
         self.info = data_info(data)
         self.model = build_model(config, self.info).to(self.device)
-        self.batches = self.model.batch_builder(data, config, self.device)
+        self.batches = family(config.model_code).builder_class()(data, config, self.device)
         self.schedule = self.model.make_schedule(config)
         params = self.model.parameters()
         if config.optimizer == "SGD":
@@ -79,16 +90,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = TrainState()
         self.best_weights: dict | None = None   # a copy of the best model's state_dict so far
-        self.metric_keys = self._check_best_metric()
-
-    def _check_best_metric(self) -> list[str]:
-        ks = self.config.metric_ks
-        keys = [f"NDCG@{k}" for k in ks] + [f"Recall@{k}" for k in ks] + ["MRR"]
-        if self.config.full_ranking:
-            keys += [f"full_{key}" for key in keys]
-        if self.config.best_metric not in keys:
-            raise UserError(f"best_metric '{self.config.best_metric}' is not computed; choose one of {', '.join(keys)}")
-        return keys
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -99,13 +100,12 @@ class Trainer:
     def train_epoch(self, epoch: int, limit: int | None = None) -> float:
         self.model.train()
         total, count = torch.zeros((), device=self.device), 0
-        batches = self.batches.train_batches(epoch, limit)
         n = self.batches.num_train_batches() if limit is None else min(limit, self.batches.num_train_batches())
-        for batch in tqdm(batches, total=n, desc=f"epoch {epoch}", leave=False, disable=not self.progress):
+        for batch in self.progress.batches(self.batches.train_batches(epoch, limit), n, f"epoch {epoch}"):
             self.schedule.before_step(self.model)
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                loss = self.model.loss(batch)
+                loss = self.model(batch)
             self.scaler.scale(loss).backward()
             if self.config.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -117,29 +117,28 @@ class Trainer:
         return float(total) / max(1, count)
 
     @torch.no_grad()
-    def evaluate(self, split: str, limit: int | None = None, keep_ranks: bool = False) -> dict:
+    def evaluate(self, split: str, limit: int | None = None) -> Evaluation:
         """Sampled metrics (answer against its negatives) and, with full_ranking, metrics against
-        every item the user has not seen, averaged per user."""
+        every item the user has not seen, averaged per user; with every user's ranks."""
         self.model.eval()
         acc = MetricAccumulator(self.config.metric_ks)
-        ranks = []
+        users, sampled, full = [], [], []
         for batch in self.batches.eval_batches(split, limit):
             with self._autocast():
                 scores = self.model.scores(batch) if self.config.full_ranking else None
                 candidate = self.model.candidate_scores(batch, scores)
-            sampled = candidate_ranks(candidate.float())
-            acc.add(sampled)
-            full = None
+            ranks = candidate_ranks(candidate.float())
+            acc.add(ranks)
+            users.append(batch.users)
+            sampled.append(ranks)
             if scores is not None:
-                rows, items = history_pairs(self.batches.offsets, self.batches.items, batch["users"], batch["ends"])
-                full = full_ranks(scores.float(), batch["answers"], rows, items)
-                acc.add(full, prefix="full_")
-            if keep_ranks:
-                ranks.append((batch["users"], sampled, full if full is not None else sampled.new_full(sampled.shape, -1)))
-        result = acc.result()
-        if keep_ranks:
-            self.last_ranks = [torch.cat(part).cpu().numpy() for part in zip(*ranks)]
-        return result
+                rows, items = self.batches.history_mask(batch)
+                full.append(full_ranks(scores.float(), batch.answers, rows, items))
+                acc.add(full[-1], prefix="full_")
+            else:
+                full.append(torch.full_like(ranks, -1))
+        users, sampled, full = (torch.cat(part).cpu().numpy() for part in (users, sampled, full))
+        return Evaluation(acc.result(), users, sampled, full)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -159,10 +158,8 @@ class Trainer:
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.schedule.load_state_dict(checkpoint["schedule"], self.model)
         self.state = TrainState(**checkpoint["state"])
-        if checkpoint.get("best_model") is not None:
+        if checkpoint["best_model"] is not None:
             self._save_best(experiment, checkpoint["best_model"], self.state.best_epoch, self.state.best_metric)
-        elif experiment.best_model.is_file():  # a checkpoint written before the best weights were kept in it
-            self.best_weights = experiment.load(experiment.best_model, self.device)["model"]
 
     def _save_best(self, experiment: Experiment, weights: dict, epoch: int, metric: float) -> None:
         self.best_weights = {name: value.detach().clone() for name, value in weights.items()}
@@ -170,6 +167,13 @@ class Trainer:
 
     def load_best(self, experiment: Experiment) -> None:
         self.model.load_state_dict(experiment.load(experiment.best_model, self.device)["model"])
+
+    def summary(self, experiment: Experiment) -> str:
+        """The start-up line: data, model, device, folder."""
+        seqs = self.data.sequences
+        label = self.config.model_label or family(self.config.model_code).label
+        return (f"{self.data.name}: {seqs.n_users:,} users, {seqs.n_items:,} items, {seqs.n_interactions:,} "
+                f"interactions | {label} ({self.config.model_code}) | {self.device} | {experiment.path}")
 
     # --- the run -------------------------------------------------------------------------------
     def fit(self, experiment: Experiment) -> dict:
@@ -180,8 +184,7 @@ class Trainer:
         experiment.set_status("running")
         max_epochs = 1 if config.pilot else (config.num_epochs if config.num_epochs > 0 else 10**9)
         limit = 1 if config.pilot else None
-        epochs = tqdm(total=None if config.num_epochs <= 0 else max_epochs, initial=self.state.epoch,
-                      desc="training", unit="epoch", disable=not self.progress)
+        self.progress.start_epochs(None if config.num_epochs <= 0 else max_epochs, self.state.epoch)
         saved_at = time.monotonic()
         while not self.state.stopped and self.state.epoch < max_epochs:
             epoch = self.state.epoch + 1
@@ -190,7 +193,7 @@ class Trainer:
             loss = self.train_epoch(epoch, limit)
             self.lr_scheduler.step()
             train_seconds = time.perf_counter() - start
-            val = self.evaluate("val", limit)
+            val = self.evaluate("val", limit).metrics
             experiment.append_row("train_log", {"epoch": epoch, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
                                                 "seconds": round(train_seconds, 4), **self.schedule.log_values()})
             experiment.append_row("val_log", {"epoch": epoch, **val})
@@ -201,11 +204,10 @@ class Trainer:
             if last or time.monotonic() - saved_at >= config.checkpoint_every_seconds:
                 experiment.save(experiment.recent_checkpoint, self.checkpoint())
                 saved_at = time.monotonic()
-            epochs.update(1)
-            epochs.set_postfix({config.best_metric: f"{val[config.best_metric]:.4f}",
-                                "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
-                                **{k: v for k, v in self.schedule.log_values().items() if k == "recover_len"}})
-        epochs.close()
+            self.progress.epoch_done(epoch, {config.best_metric: f"{val[config.best_metric]:.4f}",
+                                             "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
+                                             **self.schedule.progress_values()})
+        self.progress.close()
         return self.finish(experiment)
 
     def _after_validation(self, epoch: int, metric: float, experiment: Experiment) -> None:
@@ -221,18 +223,15 @@ class Trainer:
             state.patience_from = epoch
             if transfer.reload_best and self.best_weights is not None:
                 self.model.load_state_dict(self.best_weights)
-            if self.progress:
-                tqdm.write(f"epoch {epoch}: plateau, {transfer.message}")
+            self.progress.line(f"epoch {epoch}: plateau, {transfer.message}")
 
     def finish(self, experiment: Experiment) -> dict:
         """Test the best weights, always (also when num_epochs ran out)."""
         self.load_best(experiment)
-        test = self.evaluate("test", 1 if self.config.pilot else None, keep_ranks=True)
+        evaluation = self.evaluate("test", 1 if self.config.pilot else None)
+        test = evaluation.metrics
         experiment.append_row("test_log", {"epoch": self.state.best_epoch, **test})
-        users, sampled, full = self.last_ranks
-        ids = self.data.sequences.user_ids[users]
-        rank_rows = "user,rank,full_rank\n" + "".join(f"{u},{s},{f}\n" for u, s, f in zip(ids, sampled, full))
-        (experiment.tables / "test_ranks.csv").write_text(rank_rows)
+        experiment.write_ranks(self.data.sequences.user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
         results = {"test": test, "best_epoch": self.state.best_epoch, "best_val": self.state.best_metric,
                    "epochs": self.state.epoch, "train_seconds": round(self.state.train_seconds, 2),
                    "model_code": self.config.model_code, "dataset": self.data.name,
@@ -242,15 +241,21 @@ class Trainer:
         return results
 
 
-def train(config: Config, data: PreparedData | None = None, progress: bool = True) -> dict:
-    """Prepare data, train, test the best model; returns the results (also in results.json)."""
-    experiment = Experiment.open_for_training(config)
+def train(config: Config, data: PreparedData | None = None, progress: Progress | bool | str = True) -> dict:
+    """Prepare data, train, test the best model; returns the results (also in results.json).
+
+    The experiment folder is touched only once the data is prepared and the model is built, so a
+    run that fails before that leaves no folder and replaces no earlier run."""
+    progress = progress if isinstance(progress, Progress) else Progress(progress)
+    experiment = Experiment(experiment_path(config))
+    experiment.check_can_train(config)
     if config.resume:
         config = _resume_config(config, experiment)
     data = data or prepare_data(config)
     trainer = Trainer(config, data, progress)
+    progress.line(trainer.summary(experiment))
     if not config.resume:
-        experiment.write_config(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions})
+        experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions})
     try:
         return trainer.fit(experiment)
     except BaseException:
@@ -260,7 +265,7 @@ def train(config: Config, data: PreparedData | None = None, progress: bool = Tru
 
 # options that may differ between the interrupted run and its resumption (num_epochs: to extend
 # or cap a run; the epochs already run do not depend on it)
-_RESUME_FREE = {"resume", "overwrite", "device", "progress", "local_data_folder", "experiment_root", "num_epochs",
+_RESUME_FREE = {"resume", "overwrite", "device", "model_label", "local_data_folder", "experiment_root", "num_epochs",
                 "checkpoint_every_seconds"}
 
 

@@ -1,18 +1,24 @@
 """Batch builders: index arithmetic on the CSR sequences, done on the training device.
 
-Every model family has a builder (``vae``, ``bert``, ``sas``) with the same shape:
+Every model family has a builder (see ``esapr.registry``) with the same shape:
 ``train_batches(epoch)`` yields shuffled training batches (a function of the seed and the epoch
-only, so a resumed run sees the same batches) and ``eval_batches(split)`` yields validation or
-test batches with ``users``, ``answers``, ``ends`` and ``candidates`` (answer first).
+only, so a resumed run sees the same batches); ``eval_batches(split)`` yields validation or test
+batches with ``users``, ``ends``, ``answers`` and ``candidates`` (answer first);
+``history_mask(batch)`` gives the items full ranking leaves out; ``history_batch(items, times)``
+scores a history that is not in the data. Batches are the dataclasses of ``types``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
 
 from esapr.config import Config
+from esapr.data.batches.types import Batch
+from esapr.data.sequences import SECONDS_PER_DAY
+from esapr.training.metrics import history_pairs
 
 if TYPE_CHECKING:
     from esapr.data.prepare import PreparedData
@@ -43,10 +49,18 @@ def window_index(starts: torch.Tensor, ends: torch.Tensor, length: int) -> tuple
     return index.clamp(min=0), valid
 
 
-def gather_windows(items: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, length: int) -> torch.Tensor:
-    """Right-aligned windows items[max(start, end-length):end], left-padded with 0: [B, length]."""
+def gather_windows(values: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-aligned windows values[max(start, end-length):end], left-padded with 0: [B, length]."""
     index, valid = window_index(starts, ends, length)
-    return torch.where(valid, items[index], 0)
+    return torch.where(valid, values[index], 0)
+
+
+@dataclass
+class Interactions:
+    """Per-interaction arrays on the device, in CSR order: what batches gather their windows from."""
+    items: torch.Tensor
+    timestamps: torch.Tensor | None = None   # what SequenceBatch.timestamps carries (raw or rescaled)
+    days: torch.Tensor | None = None
 
 
 class BatchBuilder:
@@ -57,13 +71,19 @@ class BatchBuilder:
         self.config = config
         self.device = device
         self.n_items = seqs.n_items
-        self.items = torch.as_tensor(seqs.items.astype(np.int64), device=device)
+        self.first_day = int(seqs.timestamps.min()) // SECONDS_PER_DAY if seqs.n_interactions else 0
         self.offsets = torch.as_tensor(seqs.offsets, device=device)
         self.starts = self.offsets[:-1]
+        self.data = self.interactions(seqs.items, seqs.timestamps, seqs.offsets)
+        self.items = self.data.items
         self.negatives = torch.as_tensor(data.test_negatives.astype(np.int64), device=device)
         users, ends = training_ends(seqs.offsets, config.max_len, config.train_window)
         self.train_users = torch.as_tensor(users, device=device)
         self.train_ends = torch.as_tensor(ends, device=device)
+
+    def interactions(self, items: np.ndarray, timestamps: np.ndarray, offsets: np.ndarray) -> Interactions:
+        """The per-interaction arrays this family's batches need (items; more in subclasses)."""
+        return Interactions(torch.as_tensor(items.astype(np.int64), device=self.device))
 
     @property
     def num_train_examples(self) -> int:
@@ -79,7 +99,7 @@ class BatchBuilder:
         g.manual_seed((self.config.dataloader_random_seed * 1_000_003 + epoch) * 31 + stream)
         return g
 
-    def train_batches(self, epoch: int, limit: int | None = None) -> Iterator[dict]:
+    def train_batches(self, epoch: int, limit: int | None = None) -> Iterator[Batch]:
         g = self.generator(epoch)
         order = torch.randperm(self.num_train_examples, generator=g, device=self.device)
         size = min(self.config.train_batch_size, self.num_train_examples)
@@ -88,7 +108,7 @@ class BatchBuilder:
             index = order[b * size:(b + 1) * size]
             yield self.train_batch(self.train_users[index], self.train_ends[index], g)
 
-    def eval_batches(self, split: str, limit: int | None = None) -> Iterator[dict]:
+    def eval_batches(self, split: str, limit: int | None = None) -> Iterator[Batch]:
         """Users in row order; the answer is items[end], the visible history items[start:end]."""
         batch_size = self.config.val_batch_size if split == "val" else self.config.test_batch_size
         answers_at = self.offsets[1:] - (1 if split == "test" else 2)
@@ -98,14 +118,32 @@ class BatchBuilder:
                 break
             users = torch.arange(first, min(first + batch_size, n_users), device=self.device)
             ends = answers_at[users]
-            answers = self.items[ends]
-            batch = self.eval_batch(users, ends)
-            batch.update(users=users, ends=ends, answers=answers,
-                         candidates=torch.cat([answers.unsqueeze(1), self.negatives[users]], dim=1))
+            batch = self.eval_batch(users, self.starts[users], ends, self.data)
+            batch.ends = ends
+            batch.answers = self.items[ends]
+            batch.candidates = torch.cat([batch.answers.unsqueeze(1), self.negatives[users]], dim=1)
             yield batch
 
-    def train_batch(self, users: torch.Tensor, ends: torch.Tensor, generator: torch.Generator) -> dict:
+    def history_mask(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch row, item) pairs of each user's visible history: full ranking leaves them out."""
+        return history_pairs(self.offsets, self.items, batch.users, batch.ends)
+
+    def history_batch(self, items: np.ndarray, timestamps: np.ndarray, user: int | None = None) -> Batch:
+        """A one-row batch for scoring what follows ``items`` (dense ids, oldest first, with their
+        unix ``timestamps``): an evaluation batch over the history and a dummy answer (the last
+        item again, at the last time), which no builder shows the model. ``user``: the user's
+        row when the history is a known user's (-1 otherwise)."""
+        items = np.append(items, items[-1])
+        timestamps = np.append(timestamps, timestamps[-1])
+        source = self.interactions(items, timestamps, np.array([0, len(items)]))
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        users = torch.full((1,), -1 if user is None else int(user), device=self.device)
+        return self.eval_batch(users, zero, zero + len(items) - 1, source)
+
+    def train_batch(self, users: torch.Tensor, ends: torch.Tensor, generator: torch.Generator) -> Batch:
         raise NotImplementedError
 
-    def eval_batch(self, users: torch.Tensor, ends: torch.Tensor) -> dict:
+    def eval_batch(self, users: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
+                   source: Interactions) -> Batch:
+        """The model's input for predicting ``source.items[ends]`` from ``source.items[starts:ends]``."""
         raise NotImplementedError

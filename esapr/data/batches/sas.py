@@ -5,22 +5,22 @@ T labels (left padding 0); every label gets one negative drawn uniformly (with r
 from the user's fixed training pool (``train_negatives``). Evaluation: the T items before the
 answer, without the answer and without a mask token.
 
-TiSASRec (the model declares ``timestamps``): per-user rescaled times
+TiSASRec (``TisasBatches``): per-user rescaled times
 ts'_k = round((t_k - min t_u) / scale_u) + 1, scale_u = the user's smallest positive gap (1 if
 none), computed once on the host over the CSR arrays, then kept on the device; 0 is padding.
 
 MARank (``MarankBatches``): each training example draws its own end uniformly in
 [start+2, start+pos] (pos = the user's training length, n-2), takes the M = marank_max_len items
-before the target, right-padded by repeating the last one, one label and one negative; plus the
-user rows (``users``, as in evaluation batches; the model adds 1 for its embedding).
+before the target, right-padded by repeating the last one, one label and one negative; the
+model reads the user rows (``users``; it adds 1 for its embedding).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from esapr.data.batches import BatchBuilder, window_index
-from esapr.data.batches.bert import model_inputs
+from esapr.data.batches import BatchBuilder, Interactions, window_index
+from esapr.data.batches.types import SequenceBatch
 from esapr.errors import UserError
 
 
@@ -46,16 +46,8 @@ def rescaled_timestamps(offsets: np.ndarray, timestamps: np.ndarray) -> np.ndarr
 class SasBatches(BatchBuilder):
     def __init__(self, data, config, device):
         super().__init__(data, config, device)
-        if data.train_negatives is None or data.train_negatives.shape[1] == 0:
-            raise UserError(f"model '{config.model_code}' trains against sampled negatives: set "
-                            f"train_negative_sample_size > 0 (its templates use 1000)")
         # stored compactly; gathered entries are widened per batch
         self.pool = torch.as_tensor(data.train_negatives.astype(np.int32), device=device)
-        self.inputs = model_inputs(config)
-        self.times = None
-        if "timestamps" in self.inputs:
-            seqs = data.sequences
-            self.times = torch.as_tensor(rescaled_timestamps(seqs.offsets, seqs.timestamps), device=device)
 
     def _negatives(self, users: torch.Tensor, shape: tuple, generator: torch.Generator) -> torch.Tensor:
         """One uniform draw from each user's pool per slot: [B, *shape[1:]]."""
@@ -63,24 +55,28 @@ class SasBatches(BatchBuilder):
         rows = users.view(-1, *([1] * (len(shape) - 1)))
         return self.pool[rows, picks].long()
 
-    def train_batch(self, users, ends, generator) -> dict:
+    def train_batch(self, users, ends, generator) -> SequenceBatch:
         length = self.config.max_len
         index, valid = window_index(self.starts[users], ends, length + 1)
         seq = torch.where(valid, self.items[index], 0)
         tokens = seq[:, :-1]
         labels = torch.where(tokens > 0, seq[:, 1:], 0)
         negatives = torch.where(labels > 0, self._negatives(users, labels.shape, generator), 0)
-        batch = {"tokens": tokens, "labels": labels, "negative_labels": negatives}
-        if self.times is not None:
-            batch["timestamps"] = torch.where(valid, self.times[index], 0)[:, :-1]
-        return batch
+        times = self.data.timestamps
+        return SequenceBatch(users=users, tokens=tokens, labels=labels, negatives=negatives,
+                             timestamps=None if times is None else torch.where(valid, times[index], 0)[:, :-1])
 
-    def eval_batch(self, users, ends) -> dict:
-        index, valid = window_index(self.starts[users], ends, self.config.max_len)
-        batch = {"tokens": torch.where(valid, self.items[index], 0)}
-        if self.times is not None:
-            batch["timestamps"] = torch.where(valid, self.times[index], 0)
-        return batch
+    def eval_batch(self, users, starts, ends, source: Interactions) -> SequenceBatch:
+        index, valid = window_index(starts, ends, self.config.max_len)
+        times = source.timestamps
+        return SequenceBatch(users=users, tokens=torch.where(valid, source.items[index], 0),
+                             timestamps=None if times is None else torch.where(valid, times[index], 0))
+
+
+class TisasBatches(SasBatches):
+    def interactions(self, items, timestamps, offsets) -> Interactions:
+        return Interactions(torch.as_tensor(items.astype(np.int64), device=self.device),
+                            timestamps=torch.as_tensor(rescaled_timestamps(offsets, timestamps), device=self.device))
 
 
 class MarankBatches(SasBatches):
@@ -92,17 +88,16 @@ class MarankBatches(SasBatches):
         self.context = config.marank_max_len
         self.train_stop = self.offsets[1:] - 2  # absolute exclusive end of each user's training part
 
-    def _context(self, users: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _context(self, items: torch.Tensor, starts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The up to M items before ``target`` (absolute index), right-padded by repeating the
         last one: slot k holds items[beg + min(k, count-1)]. A user without any item before the
         target (possible only with min_uc 3) gets padding."""
-        starts = self.starts[users]
         beg = torch.maximum(starts, target - self.context)
         count = (target - beg).unsqueeze(1)
         slot = torch.minimum(torch.arange(self.context, device=self.device), count - 1)
-        return torch.where(count > 0, self.items[(beg.unsqueeze(1) + slot).clamp(min=0)], 0)
+        return torch.where(count > 0, items[(beg.unsqueeze(1) + slot).clamp(min=0)], 0)
 
-    def train_batch(self, users, ends, generator) -> dict:
+    def train_batch(self, users, ends, generator) -> SequenceBatch:
         starts, stop = self.starts[users], self.train_stop[users]
         # relative end uniform in [2, pos] (both inclusive), as the original's randint(2, pos)
         low = torch.minimum(starts + 2, stop)
@@ -110,10 +105,15 @@ class MarankBatches(SasBatches):
         end = low + (draws * (stop - low + 1).double()).long()
         end = torch.minimum(end, stop)
         target = end - 1
-        return {"tokens": self._context(users, target),
-                "labels": self.items[target].unsqueeze(1),
-                "negative_labels": self._negatives(users, (len(users), 1), generator),
-                "users": users}
+        return SequenceBatch(users=users, tokens=self._context(self.items, starts, target),
+                             labels=self.items[target].unsqueeze(1),
+                             negatives=self._negatives(users, (len(users), 1), generator))
 
-    def eval_batch(self, users, ends) -> dict:
-        return {"tokens": self._context(users, ends)}  # ``users`` (rows) is added by eval_batches
+    def eval_batch(self, users, starts, ends, source: Interactions) -> SequenceBatch:
+        return SequenceBatch(users=users, tokens=self._context(source.items, starts, ends))
+
+    def history_batch(self, items, timestamps, user=None) -> SequenceBatch:
+        if user is None:
+            raise UserError("MARank scores with a user embedding, so it recommends only for known users: "
+                            "pass user=ID")
+        return super().history_batch(items, timestamps, user)

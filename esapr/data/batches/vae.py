@@ -1,13 +1,14 @@
 """ESAPR batches: the recency-weighted bag of items, built on the device (reference.md §3.5).
 
-A window of the last ``max_len`` items is right-aligned in ``label`` [B, N] (slot N-1 is the
+A window of the last ``max_len`` items is right-aligned in ``labels`` [B, N] (slot N-1 is the
 target); the bag [B, n_items+1] holds, for each item in slots 0..N-2, its slot weight.
 """
 from __future__ import annotations
 
 import torch
 
-from esapr.data.batches import BatchBuilder, gather_windows
+from esapr.data.batches import BatchBuilder, Interactions, gather_windows
+from esapr.data.batches.types import BagBatch
 
 
 def position_weights(weight_type: str, max_len: int, constant: float) -> torch.Tensor:
@@ -53,28 +54,28 @@ class VaeBatches(BatchBuilder):
         self.weights = position_weights(config.weight_type, config.max_len, config.weight_constant).to(device)
         self.vocab = self.n_items + 1
 
-    def _batch(self, users, window_ends, generator=None) -> dict:
-        label = gather_windows(self.items, self.starts[users], window_ends, self.config.max_len)
-        slots = label[:, :-1]
+    def _batch(self, users, items, starts, window_ends, generator=None) -> BagBatch:
+        labels = gather_windows(items, starts, window_ends, self.config.max_len)
+        slots = labels[:, :-1]
         last = last_occurrence(slots)
         bag = build_bag(slots, self.weights[:-1], self.vocab, self.config.legacy_bag, last)
         if generator is not None and self.config.aug_prob > 0:
-            bag = self._augment(bag, label, generator)
+            bag = self._augment(bag, labels, generator)
         # slots + last let the model drop out each distinct bag item without a dense random mask
-        return {"label": label, "bag": bag, "slots": slots, "last": last}
+        return BagBatch(users=users, labels=labels, bag=bag, slots=slots, last=last)
 
-    def _augment(self, bag, label, generator) -> torch.Tensor:
+    def _augment(self, bag, labels, generator) -> torch.Tensor:
         """Halve the entries of slots drawn below aug/2, then double those drawn above 1-aug/2
         (once per item, like the original's indexed multiply)."""
-        draws = torch.rand(label.shape, generator=generator, device=label.device)
+        draws = torch.rand(labels.shape, generator=generator, device=labels.device)
         half = self.config.aug_prob / 2
         for hit, factor in ((draws < half, 0.5), (draws >= 1 - half, 2.0)):
-            touched = torch.zeros_like(bag).scatter_reduce_(1, label, hit.to(bag.dtype), "amax")
+            touched = torch.zeros_like(bag).scatter_reduce_(1, labels, hit.to(bag.dtype), "amax")
             bag = torch.where(touched > 0, bag * factor, bag)
         return bag
 
-    def train_batch(self, users, ends, generator) -> dict:
-        return self._batch(users, ends, generator)
+    def train_batch(self, users, ends, generator) -> BagBatch:
+        return self._batch(users, self.items, self.starts[users], ends, generator)
 
-    def eval_batch(self, users, ends) -> dict:
-        return self._batch(users, ends + 1)
+    def eval_batch(self, users, starts, ends, source: Interactions) -> BagBatch:
+        return self._batch(users, source.items, starts, ends + 1)
