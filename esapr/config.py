@@ -71,7 +71,7 @@ class Config:
     # --- run / experiment -------------------------------------------------------------------
     templates: list[str] = _opt([], "YAML templates applied in order (e.g. train_vae)", group="run")
     experiment_root: str = _opt("experiments", "root folder of all experiments", group="run")
-    experiment_group: str = _opt("test", "sub-folder grouping experiments", group="run")
+    experiment_group: str | None = _opt(None, "sub-folder grouping experiments (default: the dataset)", group="run")
     experiment_name: str | None = _opt(None, "experiment folder name (default: the template's)", group="run")
     resume: bool = _opt(False, "continue an interrupted run from its last checkpoint", group="run")
     overwrite: bool = _opt(False, "replace a finished experiment in the same folder", group="run")
@@ -269,6 +269,8 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
     config = Config(**{name: coerce(name, value) for name, value in values.items()})
     if config.experiment_name is None:
         config.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else config.model_code
+    if config.experiment_group is None:
+        config.experiment_group = PurePath(config.data_file).stem if config.data_file else config.dataset_code
     validate(config)
     return config
 
@@ -287,6 +289,30 @@ def metric_names(config: Config) -> list[str]:
     ks = sorted(set(config.metric_ks))
     names = [f"NDCG@{k}" for k in ks] + [f"Recall@{k}" for k in ks] + ["MRR"]
     return names + [f"full_{name}" for name in names] if config.full_ranking else names
+
+
+# options that do not change what a run computes: a saved run may be resumed or reused with others
+RUN_ONLY = frozenset({"templates", "resume", "overwrite", "device", "local_data_folder", "experiment_root",
+                      "checkpoint_every_seconds", "model_label"})
+
+
+def config_differences(saved: dict, config: Config, ignore: frozenset = RUN_ONLY) -> list[tuple[str, Any, Any]]:
+    """(option, saved value, requested value) for each option whose value differs from a saved
+    run's config.json (options the saved file lacks are compared with their defaults)."""
+    differences = []
+    for name, value in config.to_dict().items():
+        if name in ignore:
+            continue
+        f = OPTIONS[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        before = saved.get(name, default)
+        if before != value:
+            differences.append((name, before, value))
+    return differences
+
+
+def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{name} (saved {before!r}, now {now!r})" for name, before, now in differences)
 
 
 def _safe_component(option: str, value: str) -> None:

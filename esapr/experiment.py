@@ -1,6 +1,6 @@
 """The experiment folder: config, checkpoints, CSV logs, results and status.
 
-    <experiment_root>/<experiment_group>/<experiment_name>/
+    <experiment_root>/<experiment_group>/<experiment_name>/     (group: the dataset by default)
         config.json  status  results.json
         models/best_model.pth  models/recent_checkpoint.pth
         tables/train_log.csv  tables/val_log.csv  tables/test_log.csv  tables/test_ranks.csv

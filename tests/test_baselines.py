@@ -411,7 +411,7 @@ def test_template_runs_through_the_cli(tmp_path, template):
     done = subprocess.run([sys.executable, "-m", "esapr", "train", *args], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    folder = tmp_path / "tmp" / "test" / template.removeprefix("train_")
+    folder = tmp_path / "tmp" / "ratings" / template.removeprefix("train_")
     for name in ("tables/val_log.csv", "tables/test_log.csv", "results.json"):
         assert (folder / name).is_file(), name
     results = json.loads((folder / "results.json").read_text())

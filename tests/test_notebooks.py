@@ -66,13 +66,13 @@ def esapr_run(nb_env):
 def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
     base, nb = esapr_run
     root = base / "experiments"
-    experiment = root / "test" / "vae"
+    experiment = root / "ratings" / "vae"
     assert (experiment / "status").read_text().strip() == "finished"
     results = json.loads((experiment / "results.json").read_text())
     assert results["epochs"] == 2
     for png in (root / "results_table.png", experiment / "curves.png"):
         assert png.read_bytes()[:4] == b"\x89PNG", png
-    assert (root / "test-vae.zip").stat().st_size > 1000
+    assert (root / "ratings-vae.zip").stat().st_size > 1000
     out = text_of(nb)
     assert "Training a new run" in out and "Not running in Colab" in out
     assert "top-10 for user 1" in out and "NDCG@10" in out
@@ -80,7 +80,7 @@ def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
 
 def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
     base, _ = esapr_run
-    experiment = base / "experiments" / "test" / "vae"
+    experiment = base / "experiments" / "ratings" / "vae"
     before = (experiment / "models" / "best_model.pth").stat().st_mtime_ns
     nb = execute(REPO / "ESAPR.ipynb", base)
     assert "holds a finished run; showing it" in text_of(nb)
@@ -91,7 +91,7 @@ def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
 def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
     base, _ = esapr_run
     monkeypatch.setenv("ESAPR_NB_COMPARE_TEMPLATES", "train_vae_net,train_vae_tr,train_vae,train_bert")
-    monkeypatch.setenv("ESAPR_NB_EXPERIMENT", str(base / "experiments" / "test" / "vae"))
+    monkeypatch.setenv("ESAPR_NB_EXPERIMENT", str(base / "experiments" / "ratings" / "vae"))
     nb = execute(notebook, base)
     out = text_of(nb)
     if notebook.stem == "compare_models":
@@ -101,7 +101,7 @@ def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
             assert (group / name / "curves.png").is_file(), name
             assert (group / name / "status").read_text().strip() == "finished"
     if notebook.stem == "inspect_experiment":
-        experiment = base / "experiments" / "test" / "vae"
+        experiment = base / "experiments" / "ratings" / "vae"
         assert (experiment / "rank_distribution.png").read_bytes()[:4] == b"\x89PNG"
         assert "the top-10" in out
 
@@ -167,7 +167,7 @@ def _config(tmp_path, **extra):
 
 
 def test_plan_run_decides_start_resume_show_overwrite(tmp_path):
-    folder = tmp_path / "test" / "run"
+    folder = tmp_path / "ml-1m" / "run"
     assert plan_run(_config(tmp_path))[0] == "start"
     (folder / "models").mkdir(parents=True)
     (folder / "config.json").write_text("{}")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from esapr.config import Config
+from esapr.config import RUN_ONLY, Config, config_differences, describe_differences
 from esapr.data.prepare import PreparedData, prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
@@ -263,18 +263,11 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
         raise
 
 
-# options that may differ between the interrupted run and its resumption (num_epochs: to extend
-# or cap a run; the epochs already run do not depend on it)
-_RESUME_FREE = {"resume", "overwrite", "device", "model_label", "local_data_folder", "experiment_root", "num_epochs",
-                "checkpoint_every_seconds"}
-
-
 def _resume_config(config: Config, experiment: Experiment) -> Config:
-    """A resumed run continues with the saved config; a conflicting option is an error."""
-    saved = experiment.read_config()
-    changed = [k for k, v in config.to_dict().items()
-               if k in saved and k not in _RESUME_FREE and k != "templates" and saved[k] != v]
+    """A resumed run continues with the saved config; a conflicting option is an error
+    (num_epochs may change: the epochs already run do not depend on it)."""
+    changed = config_differences(experiment.read_config(), config, ignore=RUN_ONLY | {"num_epochs"})
     if changed:
-        raise UserError(f"--resume with different options than the saved run ({', '.join(changed)}); "
-                        f"drop them or start a new experiment")
+        raise UserError(f"{experiment.path}: --resume with options that differ from the saved run: "
+                        f"{describe_differences(changed)}; give the saved values or start a new experiment")
     return config
