@@ -25,8 +25,8 @@ def format_metrics(metrics: dict, title: str) -> str:
 
 
 def cmd_train(argv: list[str]) -> int:
-    from esapr.training.trainer import train
     config, flags = _config_from(argv, extra=("quiet",))
+    from esapr.training.trainer import train  # after the options: a bad one fails without loading torch
     results = train(config, progress="quiet" if flags.get("quiet") else "auto")
     print(format_metrics(results["test"], f"test metrics of {results['experiment']} "
                                           f"(best epoch {results['best_epoch']} of {results['epochs']}, "
