@@ -7,6 +7,7 @@ A UserError ends the program with one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import sys
@@ -46,6 +47,20 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             {"root": "experiment folders or roots to search (default: experiments)", "png": "save the table figure",
              "split": "test or val (default test)", "curves": "save each experiment's learning curves here",
              "metrics": "the metric columns, in order", "digits": "decimals shown (default 4)"}),
+    Command("compare", "esapr.compare:cmd_compare",
+            "train templates x seeds, then a table with intervals and paired tests (reuses finished runs)",
+            "esapr compare --templates train_vae train_sas ... [--seeds 0 1 2 3 4] [--jobs N] "
+            "[--dry_run | --aggregate_only] [--option value ...]",
+            {"seeds": "seeds of the runs; each sets model_init_seed, dataloader_random_seed and "
+                      "train_negative_sampling_seed (default 0 1 2 3 4)",
+             "jobs": "train this many runs at once, each with cores/N threads (default 1)",
+             "dry_run": "print each run's esapr train command (to send to a scheduler); train nothing",
+             "aggregate_only": "train nothing; aggregate the runs already in their folders",
+             "output": "prefix of the table files (default <experiment_root>/<experiment_group>/comparison: "
+                       ".csv, .json, .png)",
+             "metrics": "the metrics shown in the printed table and the figure (default NDCG@10 Recall@10 "
+                        "NDCG@20 Recall@20 MRR; the CSV and JSON hold all)",
+             "quiet": "print only the table"}, None),
     Command("recommend", "esapr.recommend:cmd_recommend", "top-k items for a user or a new history",
             "esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--data_folder DIR] [--json]",
             {"experiment": "the experiment folder", "user": "a known user's id", "items": "a new history of item ids "
@@ -141,6 +156,21 @@ def cmd_options(argv: list[str]) -> int:
     return 0
 
 
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free some space, then continue with --resume (nothing saved was lost)",
+    errno.EDQUOT: "the disk quota is used up: free some space, then continue with --resume",
+    errno.EACCES: "permission denied: choose a folder you may write to (e.g. --experiment_root, --local_data_folder)",
+    errno.EPERM: "not permitted: choose a folder you may write to (e.g. --experiment_root, --local_data_folder)",
+    errno.EROFS: "the file system is read-only: choose another folder (e.g. --experiment_root)",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno, "check the path and try again")
+    return f"{where}{error.strerror or type(error).__name__}; {advice}"
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"esapr: warning: {message}\n"
 
@@ -174,6 +204,11 @@ def _run(argv: list[str]) -> int:
     except UserError as error:
         print(f"esapr: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:     # the environment: permissions, a full disk, a read-only folder, ...
+        if isinstance(error, BrokenPipeError):
+            raise
+        print(f"esapr: error: {describe_os_error(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("esapr: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

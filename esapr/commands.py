@@ -56,7 +56,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         raise UserError(f"--split must be val or test, got '{split}'")
     path = Path(flags["experiment"])
     config = load_experiment_config(path, **overrides)
-    trainer = Trainer(config, prepare_data(config), progress=False)
+    data = prepare_data(config)
+    Experiment(path).check_data(data.fingerprint)
+    trainer = Trainer(config, data, progress=False)
     trainer.load_best(Experiment(path))
     metrics = trainer.evaluate(split).metrics
     print(json.dumps(metrics) if flags.get("json") else format_metrics(metrics, f"{split} metrics of {path}"))

@@ -175,7 +175,7 @@ def read_template(name: str) -> dict[str, Any]:
             raise UserError(f"{path}: template file not found")
     else:
         path = resources.files("esapr.templates") / f"{name}.yaml"
-        if not path.is_file():
+        if name not in template_names():
             raise UserError(f"unknown template '{name}'{_nearest(name, template_names())}; available: "
                             f"{', '.join(template_names())} (your own template: a path ending in .yaml)")
     try:
@@ -315,6 +315,29 @@ def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{name} (saved {before!r}, now {now!r})" for name, before, now in differences)
 
 
+# what a resume may set besides the run-only options: where the data is now (its fingerprint is
+# checked) and how long the run goes on (the epochs already run do not depend on it)
+RESUME_MAY_SET = frozenset({"num_epochs", "data_file", "data_url"})
+
+
+def resumed_config(saved: dict, requested: Config, path) -> Config:
+    """The saved run's options, with what a resume may change taken from the request. An option
+    the request sets (to a value other than its default) that differs from the saved run is an
+    error naming each such option with both values."""
+    defaults = Config()
+    asked = [(name, before, now) for name, before, now in config_differences(saved, requested, RUN_ONLY | RESUME_MAY_SET)
+             if now != getattr(defaults, name)]
+    if asked:
+        raise UserError(f"{path}: --resume with options that differ from the saved run: "
+                        f"{describe_differences(asked)}; drop them to continue the run as it was, "
+                        f"or start a new experiment")
+    options = {name: value for name, value in saved.items() if name in OPTIONS}
+    options.update({name: getattr(requested, name) for name in RUN_ONLY})
+    options.update({name: getattr(requested, name) for name in RESUME_MAY_SET
+                    if getattr(requested, name) != getattr(defaults, name)})
+    return build_config(overrides=options, apply_templates=False)
+
+
 def _safe_component(option: str, value: str) -> None:
     """A folder name inside the experiment root: one path component, nothing that climbs out."""
     if value in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
@@ -342,6 +365,9 @@ def validate(config: Config) -> None:
     _safe_component("experiment_name", config.experiment_name)
     if config.dataset_code is None and not config.data_file:
         raise UserError("no data: set --dataset_code or --data_file")
+    if config.resume and config.overwrite:
+        raise UserError("option 'resume' and option 'overwrite' are both set; choose one: --resume continues the "
+                        "saved run, --overwrite replaces it")
     family(config.model_code).check(config)
 
 

@@ -5,20 +5,20 @@
         models/best_model.pth  models/recent_checkpoint.pth
         tables/train_log.csv  tables/val_log.csv  tables/test_log.csv  tables/test_ranks.csv
 
-This class is the only code that reads or writes an experiment folder. Whole files (checkpoints,
-config, results, status, ranks, rewritten tables) are written to a uniquely named temporary file
-beside the target and renamed into place. Checkpoints hold only tensors and plain Python values,
-so ``torch.load(weights_only=True)`` reads them. Nothing here deletes a finished run unless asked
-to overwrite it.
+This class is the only code that reads or writes an experiment folder. Every file (checkpoints,
+config, results, status, each table, the ranks) is written whole to a uniquely named temporary
+file beside it and renamed into place, so a kill at any point leaves the folder resumable. A
+training process holds the folder's lock (``.lock``) from its first check to its last write.
+Checkpoints hold only tensors and plain Python values and are read with
+``torch.load(weights_only=True)``: loading never executes pickled code. A damaged file ends in
+one line naming it and what to do. Nothing here deletes a finished run unless asked to.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import pandas as pd
 
 from esapr.config import Config
 from esapr.errors import UserError
+from esapr.files import FolderLock, atomic_write, atomic_write_text
 
 TABLES = ("train_log", "val_log", "test_log")
 
@@ -41,31 +42,40 @@ class Experiment:
         self.path = Path(path)
         self.models = self.path / "models"
         self.tables = self.path / "tables"
+        self._rows: dict[str, list[dict]] = {}   # the tables as written by this process
 
     # --- lifecycle -----------------------------------------------------------------------------
+    def lock(self) -> FolderLock:
+        """The folder's lock (``with experiment.lock(): ...``); a run that never started leaves no folder."""
+        return FolderLock(self.path, "one training process per experiment folder")
+
     def check_can_train(self, config: Config) -> None:
         """Refuse, before anything is written, a run this folder cannot take."""
         status = self.status()
+        unfinished = status is not None and status != "finished"
         if config.resume:
-            if not self.recent_checkpoint.is_file():
-                if status is None:
-                    raise UserError(f"{self.path}: nothing to resume (no checkpoint); drop --resume to start it")
-                raise UserError(f"{self.path}: the run has no checkpoint to resume from; "
-                                f"start again with --overwrite")
-        elif status is not None and not config.overwrite:
-            if status == "finished":
-                raise UserError(f"{self.path} holds a finished run; pass --overwrite to replace it "
-                                f"or choose another --experiment_name")
-            raise UserError(f"{self.path} holds an unfinished run ({status}); pass --resume to continue it "
-                            f"or --overwrite to start again")
+            if self.recent_checkpoint.is_file():
+                return
+            if unfinished:
+                raise UserError(f"{self.path}: the run stopped before its first checkpoint, so there is nothing "
+                                f"to resume; run the same command without --resume to start it again")
+            raise UserError(f"{self.path}: nothing to resume (no checkpoint); drop --resume to start a run")
+        if config.overwrite or status is None or (unfinished and not self.recent_checkpoint.is_file()):
+            return
+        if status == "finished":
+            raise UserError(f"{self.path} holds a finished run; pass --overwrite to replace it "
+                            f"or choose another --experiment_name")
+        raise UserError(f"{self.path} holds an unfinished run ({status}); pass --resume to continue it "
+                        f"or --overwrite to start again")
 
     def start(self, config: Config, extra: dict) -> None:
-        """A new run: with overwrite, the old run's files go first; then the folders and config."""
-        if config.overwrite:
-            for name in ("models", "tables"):
-                shutil.rmtree(self.path / name, ignore_errors=True)
-            for name in ("results.json", "status", "config.json"):
-                (self.path / name).unlink(missing_ok=True)
+        """A new run: the old run's files go first (overwrite, or an earlier start that never
+        reached a checkpoint); then the folders and the config."""
+        for name in ("models", "tables"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in ("results.json", "status", self.CONFIG):
+            (self.path / name).unlink(missing_ok=True)
+        self._rows.clear()
         self.models.mkdir(parents=True, exist_ok=True)
         self.tables.mkdir(parents=True, exist_ok=True)
         self.write_config(config, extra)
@@ -75,7 +85,7 @@ class Experiment:
         return path.read_text().strip() if path.is_file() else None
 
     def set_status(self, status: str) -> None:
-        _atomic_write_text(self.path / "status", status + "\n")
+        atomic_write_text(self.path / "status", status + "\n")
 
     # --- config and results --------------------------------------------------------------------
     @property
@@ -83,27 +93,36 @@ class Experiment:
         return self.path / self.CONFIG
 
     def write_config(self, config: Config, extra: dict) -> None:
-        _atomic_write_text(self.config_file, json.dumps({**config.to_dict(), **extra}, indent=2))
+        atomic_write_text(self.config_file, json.dumps({**config.to_dict(), **extra}, indent=2))
 
     def read_config(self) -> dict:
         if not self.config_file.is_file():
             raise UserError(f"{self.path}: no {self.CONFIG}; is this an experiment folder?")
-        return self._read_json(self.config_file)
+        return self._read_json(self.config_file, "the run's settings are lost: start it again with --overwrite")
+
+    def check_data(self, fingerprint: str) -> None:
+        """Refuse data other than what the run was trained on (whatever its size)."""
+        saved = self.read_config().get("data_fingerprint")
+        if saved is not None and saved != fingerprint:
+            raise UserError(f"{self.path}: the prepared data differs from the data this run was trained on "
+                            f"(fingerprint {saved}, now {fingerprint}): the data file or a preprocessing or "
+                            f"negative-sampling option changed; use the run's data or train a new experiment")
 
     def write_results(self, results: dict) -> None:
-        _atomic_write_text(self.path / "results.json", json.dumps(results, indent=2))
+        atomic_write_text(self.path / "results.json", json.dumps(results, indent=2))
 
     def read_results(self) -> dict | None:
         path = self.path / "results.json"
-        return self._read_json(path) if path.is_file() else None
+        return self._read_json(path, "re-create it with `esapr evaluate` or --resume") if path.is_file() else None
 
-    def _read_json(self, path: Path) -> dict:
+    @staticmethod
+    def _read_json(path: Path, fix: str) -> dict:
         try:
             value = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise UserError(f"{path}: cannot be read ({error}); it is damaged") from None
+            raise UserError(f"{path}: damaged ({_first_line(error)}); {fix}") from None
         if not isinstance(value, dict):
-            raise UserError(f"{path}: not a JSON object; it is damaged")
+            raise UserError(f"{path}: damaged (not a JSON object); {fix}")
         return value
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -116,49 +135,76 @@ class Experiment:
         return self.models / "best_model.pth"
 
     def save(self, path: Path, state: dict) -> None:
+        """Serialised in memory first, so that a failing write (a full disk) is the file system's
+        own error, and the file is written in one go."""
         import torch
-        _atomic_write(path, lambda handle: torch.save(state, handle))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
     def load(self, path: Path, device="cpu") -> dict:
+        """A checkpoint's contents; a missing or damaged one is a UserError saying what to do."""
         import torch
+        fix = ("start the run again with --overwrite" if path == self.recent_checkpoint else
+               "if the run has models/recent_checkpoint.pth, --resume writes it again; otherwise train again "
+               "with --overwrite")
         if not path.is_file():
-            raise UserError(f"{path}: checkpoint not found")
+            raise UserError(f"{path}: checkpoint not found; {fix}")
         try:
-            return torch.load(path, map_location=device, weights_only=True)
-        except (RuntimeError, EOFError, OSError) as error:
-            raise UserError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as error:  # any failure to read means a damaged or foreign file
+            raise UserError(f"{path}: damaged or not an esapr checkpoint ({_first_line(error)}); {fix}") from None
+        if not isinstance(state, dict) or "model" not in state:
+            raise UserError(f"{path}: not an esapr checkpoint; {fix}")
+        return state
+
+    def load_weights(self, model, path: Path, device="cpu") -> None:
+        """A checkpoint's weights into ``model``; weights of another shape mean other data."""
+        try:
+            model.load_state_dict(self.load(path, device)["model"])
+        except RuntimeError as error:
+            raise UserError(f"{path}: the weights do not fit the model built from the data and options now "
+                            f"({_first_line(error)}); the data or the options changed since training") from None
 
     # --- tables --------------------------------------------------------------------------------
     def append_row(self, table: str, row: dict) -> None:
-        path = self.tables / f"{table}.csv"
-        new = not path.is_file() or path.stat().st_size == 0
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        """Add a row; the table is written whole and renamed into place (never half a row)."""
+        rows = self._rows.setdefault(table, self.read_table(table))
+        rows.append({key: value for key, value in row.items()})
+        self._write_table(table, rows)
 
     def read_table(self, table: str) -> list[dict]:
+        """The rows of a log table; a row without every column (a file cut short by an older
+        version) is left out."""
         path = self.tables / f"{table}.csv"
         if not path.is_file():
             return []
-        with open(path, newline="") as handle:
-            return list(csv.DictReader(handle))
+        try:
+            with open(path, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise UserError(f"{path}: damaged ({_first_line(error)}); delete it to drop the log, or start the run "
+                            f"again with --overwrite") from None
+        return [r for r in rows if None not in r.values() and None not in r and _is_epoch(r.get("epoch"))]
+
+    def _write_table(self, table: str, rows: list[dict]) -> None:
+        path = self.tables / f"{table}.csv"
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buffer.getvalue())
 
     def truncate_tables(self, last_epoch: int) -> None:
         """Drop log rows written after the checkpoint a resumed run continues from (each table
         rewritten whole, atomically); the test log goes, as the resumed run tests again."""
         for table in TABLES:
-            path = self.tables / f"{table}.csv"
             rows = [r for r in self.read_table(table) if table != "test_log" and int(float(r["epoch"])) <= last_epoch]
-            if not rows:
-                path.unlink(missing_ok=True)
-                continue
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            _atomic_write_text(path, buffer.getvalue())
+            self._rows[table] = rows
+            self._write_table(table, rows)
 
     # --- per-user test ranks -------------------------------------------------------------------------
     @property
@@ -169,26 +215,29 @@ class Experiment:
         """Each test user's 0-based rank of the answer among the sampled candidates and among all
         unseen items (-1: full ranking off)."""
         frame = pd.DataFrame({"user": user_ids, "rank": ranks, "full_rank": full_ranks})
-        _atomic_write_text(self.ranks_file, frame.to_csv(index=False))
+        atomic_write_text(self.ranks_file, frame.to_csv(index=False))
 
     def read_ranks(self) -> pd.DataFrame:
         if not self.ranks_file.is_file():
             raise UserError(f"{self.path}: no tables/test_ranks.csv (the run has not been tested yet)")
-        return pd.read_csv(self.ranks_file)
+        try:
+            frame = pd.read_csv(self.ranks_file)
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise UserError(f"{self.ranks_file}: damaged ({_first_line(error)}); `esapr evaluate` cannot rewrite "
+                            f"it yet: train again with --overwrite") from None
+        if list(frame.columns) != ["user", "rank", "full_rank"]:
+            raise UserError(f"{self.ranks_file}: damaged (columns {list(frame.columns)}); train again with --overwrite")
+        return frame
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(binary handle)`` into a unique temporary file beside ``path``, then rename it there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_epoch(value) -> bool:
     try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda handle: handle.write(text.encode()))
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -27,7 +27,6 @@ class LoadedExperiment:
         overrides = {"device": device}
         if data_folder is not None:
             overrides["local_data_folder"] = str(data_folder)
-        self.saved_config = self.experiment.read_config()
         self.config = load_experiment_config(self.path, **overrides)
         self.results = self.experiment.read_results() or {}
         if not self.experiment.best_model.is_file():
@@ -43,11 +42,7 @@ class LoadedExperiment:
         if self._data is None:
             from esapr.data.prepare import prepare_data
             data = prepare_data(self.config)
-            saved = (self.saved_config.get("n_users"), self.saved_config.get("n_items"))
-            have = (data.sequences.n_users, data.sequences.n_items)
-            if None not in saved and tuple(saved) != have:
-                raise UserError(f"{self.path}: the dataset now has {have[0]} users and {have[1]} items, "
-                                f"the model was trained on {saved[0]} and {saved[1]}; the data changed")
+            self.experiment.check_data(data.fingerprint)
             self._data = data
         return self._data
 
@@ -57,8 +52,7 @@ class LoadedExperiment:
             from esapr.models import build_model
             from esapr.training.trainer import data_info
             model = build_model(self.config, data_info(self.data)).to(self.device)
-            state = self.experiment.load(self.experiment.best_model, self.device)
-            model.load_state_dict(state["model"])
+            self.experiment.load_weights(model, self.experiment.best_model, self.device)
             model.eval()
             self._model = model
         return self._model

@@ -8,6 +8,7 @@ fixture), so they cost about the time of the slowest, not the sum; further cases
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,8 @@ IN_PROCESS = {
                              "must name a user column"),
     "bad_row_in_user_file": ({"mine.csv": "user,item,rating\n1,2,4\n1,3\n"}, ["--data_file", "{dir}/mine.csv"],
                              "line 3 has no value in column 'rating'"),
+    "binary_user_file": ({"mine.csv": bytes(range(256)) * 4}, ["--data_file", "{dir}/mine.csv"],
+                         "mine.csv: is not a text file (it holds binary data)"),
     "unknown_subcommand": ({}, None, "usage: esapr data stats|prepare"),
 }
 
@@ -126,6 +129,17 @@ def test_more_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch, name):
     assert not (tmp_path / "preprocessed").exists()
 
 
+def test_unreadable_user_file_is_one_line(tmp_path, capsys):
+    from esapr.cli import main
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its permissions")
+    path = put(tmp_path, "mine.csv", "user,item\n1,2\n")
+    path.chmod(0)
+    code = main(["data", "stats", "--data_file", str(path), "--local_data_folder", str(tmp_path)])
+    out, err = capsys.readouterr()
+    check_one_line(code, out, err, f"{path}: cannot be read (Permission denied); check its permissions")
+
+
 def test_truncated_zip_is_not_used(subprocess_runs):
     folder = subprocess_runs["truncated_zip_in_raw_folder"][3]
     assert sorted(p.name for p in (folder / "ml-1m").iterdir()) == ["ml-1m.zip"]    # nothing unpacked
@@ -151,11 +165,13 @@ def test_stats_json_and_cache(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert (stats["users"], stats["items"], stats["interactions"]) == (6, 7, 42)
     assert stats["length_quantiles"]["min"] == 7
-    cache = tmp_path / "preprocessed" / "ml-100k_min_rating0-min_uc5-min_sc5-splitleave_one_out" / "sequences.npz"
-    assert cache.is_file()
-    (tmp_path / "ml-100k" / "u.data").unlink()           # the second run is served by the cache
-    assert main(args + ["--lr", "0.5"]) == 0
+    caches = list((tmp_path / "preprocessed").glob("ml-100k-*_min_rating0-min_uc5-min_sc5-splitleave_one_out"))
+    assert len(caches) == 1 and (caches[0] / "sequences.npz").is_file()
+    (caches[0] / "sequences.npz").write_bytes(b"")      # the cache answers ...
+    raw = (tmp_path / "ml-100k" / "u.data").read_bytes()
+    assert main(args + ["--lr", "0.5"]) == 0            # ... or is rebuilt from the raw file, the same
     assert json.loads(capsys.readouterr().out) == stats
+    assert (tmp_path / "ml-100k" / "u.data").read_bytes() == raw
 
 
 def test_real_ml100k_stats_json(subprocess_runs, ml100k_dir):
@@ -163,6 +179,18 @@ def test_real_ml100k_stats_json(subprocess_runs, ml100k_dir):
     assert code == 0, err
     stats = json.loads(out)
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1349, 99287)
+
+
+def test_stats_of_a_spreadsheet_file(tmp_path, capsys):
+    """Excel's CSV in a decimal-comma locale: BOM, semicolons, CRLF, decimal commas, dates."""
+    from esapr.cli import main
+    rows = "".join(f"{u};{i};{1 + (u * i) % 5},5;2021-03-{i:02d} 10:{u:02d}\r\n"
+                   for u in range(1, 7) for i in range(1, 8))
+    put(tmp_path, "mine.csv", "\ufeffUser ID;Item ID;Rating;Date\r\n".encode() + rows.encode() + b"\r\n")
+    assert main(["data", "stats", "--data_file", str(tmp_path / "mine.csv"), "--local_data_folder", str(tmp_path),
+                 "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["users"], stats["items"], stats["interactions"]) == (6, 7, 42)
 
 
 def test_prepare_prints_json(tmp_path, capsys):

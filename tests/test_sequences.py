@@ -2,6 +2,8 @@
 the .npz cache and its key, and the real MovieLens-100K counts."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -175,28 +177,25 @@ def write_ml100k(folder: Path, n_users: int = 6, n_items: int = 8) -> Path:
     return path
 
 
-def test_cache_key_follows_the_options_that_change_the_data(tmp_path):
+def test_cache_key_follows_the_raw_file_and_the_options_that_change_the_data(tmp_path):
     raw = write_ml100k(tmp_path)
-    offline = closed_port_url("ml-100k.zip")
     config = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                     "data_url": offline})
-    first, folder, _ = load_sequences(config)
-    assert (folder / "sequences.npz").is_file() and first.n_interactions == 48
-    assert cache_dir(config).name == "ml-100k_min_rating0-min_uc5-min_sc5-splitleave_one_out"
-    raw.unlink()    # from now on, only the cache can answer
+                                     "data_url": closed_port_url("ml-100k.zip")})
+    first, folder, read = load_sequences(config)
+    assert read == raw and (folder / "sequences.npz").is_file() and first.n_interactions == 48
+    assert re.fullmatch(r"ml-100k-[0-9a-f]{10}_min_rating0-min_uc5-min_sc5-splitleave_one_out", folder.name)
     same = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                   "data_url": offline, "lr": 0.1, "train_batch_size": 7, "model_code": "vae"})
-    assert cache_dir(same) == folder
+                                   "lr": 0.1, "train_batch_size": 7, "model_code": "vae"})
+    assert cache_dir(same, raw) == folder
+    (folder / "sequences.npz").write_bytes(b"")           # the cache answers, or a rebuilt one does
     again, _, _ = load_sequences(same)
     assert np.array_equal(again.items, first.items)
-    changed = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                      "data_url": offline, "min_uc": 6})
-    assert cache_dir(changed) != folder and "min_uc6" in cache_dir(changed).name
-    with pytest.raises(UserError, match="cannot download"):      # a new key: preprocess again, needs the raw file
-        load_sequences(changed)
-    for option, value in (("min_sc", 6), ("min_rating", 3), ("dataset_code", "ml-1m")):
+    for option, value in (("min_uc", 6), ("min_sc", 6), ("min_rating", 3)):
         other = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path), option: value})
-        assert cache_dir(other) != folder
+        assert cache_dir(other, raw) != folder and f"{option}{value}" in cache_dir(other, raw).name
+    raw.write_text(raw.read_text().replace("\t5\t", "\t4\t", 1))   # the raw file changed: a new key
+    os.utime(raw, ns=(1, 1))
+    assert cache_dir(config, raw) != folder
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):
@@ -214,10 +213,10 @@ def test_user_file_cache_key_changes_with_the_file(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(1, 6) for i in range(1, 7)))
     config = build_config(overrides={"data_file": str(path), "local_data_folder": str(tmp_path)})
-    before = cache_dir(config)
+    before = cache_dir(config, path)
     assert load_sequences(config)[0].n_interactions == 30
     path.write_text(path.read_text() + "6,1\n6,2\n6,3\n6,4\n6,5\n")
-    assert cache_dir(config) != before
+    assert cache_dir(config, path) != before
     assert load_sequences(config)[0].n_users == 6
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import socket
 import zipfile
 from pathlib import Path
@@ -117,6 +118,9 @@ def test_sequence_file(tmp_path):
     (read_ml20m, "ratings.csv", "userId,movieId,rating\n1,2,3.5\n", "missing column 'timestamp'"),
     (read_ml1m, "ratings.dat", "1::2::5::978300760\n1::3::x::978300761\n", "column 'rating' must be a number, line 2 has 'x'"),
     (read_ml100k, "u.data", "1\t2\t5\tyesterday\n", "column 'timestamp' must be an integer, line 1 has 'yesterday'"),
+    (read_ml100k, "u.data", "1\t2\t5\tinf\n", "column 'timestamp' must be an integer, line 1 has 'inf'"),
+    (read_ml100k, "u.data", "1\t99999999999999999999\t5\t1\n",
+     "column 'item' must be an integer below 2**63, line 1 has '99999999999999999999'"),
     (read_ml100k, "u.data", "", "the file is empty"),
     (read_ml20m, "ratings.csv", "userId,movieId,rating,timestamp\n", "no rows"),
     (read_ml100k, "u.data", "1\t2\t5\t100\n1\t3\n", "line 2 has no value in column 'rating'"),
@@ -131,6 +135,7 @@ def test_sequence_file(tmp_path):
     (read_user_file, "mine.csv", "user,item,timestamp\n1,2,soon\n", "line 2 is neither a number nor a date"),
     (read_user_file, "seqs.txt", "7 3 1\n8\n", "line 2 has a user but no items"),
 ])
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # the one line only, no parser warning ("inf")
 def test_bad_files_give_one_line_naming_the_file(tmp_path, reader, name, text, expected):
     path = write(tmp_path / name, text)
     with pytest.raises(UserError) as error:
@@ -142,6 +147,96 @@ def test_bad_files_give_one_line_naming_the_file(tmp_path, reader, name, text, e
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         read_ml1m(tmp_path / "ratings.dat")
+
+
+# --- the user's own file, as spreadsheets, pandas and other recommenders write it ----------------------
+
+# name -> (file bytes, users, items, timestamps (file order where there is no time column), ratings or None)
+WRITTEN_BY_TOOLS = {
+    "excel_utf8_bom_crlf": (b"\xef\xbb\xbfuser,item,timestamp\r\n1,10,100\r\n2,20,200\r\n",
+                            [1, 2], [10, 20], [100, 200], None),
+    "excel_semicolon_decimal_comma": ("User ID;Item ID;Rating\r\n1;10;4,5\r\n1;11;3\r\n".encode("cp1252"),
+                                      [1, 1], [10, 11], [0, 1], [4.5, 3.0]),
+    "quoted_fields": (b'"user","item","title"\n"u 1","10","Heat, 1995"\n"u2","11","say ""hi"""\n',
+                      ["u 1", "u2"], [10, 11], [0, 1], None),
+    "trailing_empty_line": (b"user,item\n1,10\n2,20\n\n", [1, 2], [10, 20], [0, 1], None),
+    "latin1_text": ("user,item\nJos\xe9,caf\xe9\nAnn,cr\xe8me\n".encode("latin-1"),
+                    ["Jos\xe9", "Ann"], ["caf\xe9", "cr\xe8me"], [0, 1], None),
+    "utf16_unicode_text": ("user\titem\r\n1\t2\r\n3\t4\r\n".encode("utf-16"), [1, 3], [2, 4], [0, 1], None),
+    "pandas_index_column": (b",user_id,item_id,rating,timestamp\n0,1,10,4.0,100\n1,1,11,3.0,90\n",
+                            [1, 1], [10, 11], [100, 90], [4.0, 3.0]),
+    "pandas_unnamed_index_float_ids": (b"Unnamed: 0,userId,movieId\n0,1.0,10.0\n1,2.0,11.0\n",
+                                       [1, 2], [10, 11], [0, 1], None),
+    "names_with_spaces_and_case": (b"User ID,Item ID,Time Stamp\n1, 10,100\n2, 20,200\n",
+                                   [1, 2], [10, 20], [100, 200], None),
+    "recbole_inter": (b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                      b"196\t242\t3\t881250949\n186\t302\t3\t891717742.0\n",
+                      [196, 186], [242, 302], [881250949, 891717742], [3.0, 3.0]),
+    "recbole_inter_spaces": (b"user_id:token item_id:token rating:float timestamp:float\n196 242 3 881250949\n"
+                             b"196 302 4 881250950\n", [196, 196], [242, 302], [881250949, 881250950], [3.0, 4.0]),
+    "iso_dates_with_zone": (b"user,item,date\n1,2,2021-03-04\n1,3,2021-03-04T10:00:00+01:00\n",
+                            [1, 1], [2, 3], [1614816000, 1614816000 + 9 * 3600], None),
+    "float_times": (b"user,item,timestamp\n1,2,1.5e9\n1,3,881250949.7\n", [1, 1], [2, 3],
+                    [1500000000, 881250949], None),
+    "sequences_tab_crlf": (b"1\t2\t3\t4\r\n2\t5\r\n", [1, 1, 1, 2], [2, 3, 4, 5], [0, 1, 2, 3], None),
+    "sasrec_pairs": (b"1 10\n2 20\n1 11\n", [1, 2, 1], [10, 20, 11], [0, 1, 2], None),
+    "huge_numeric_ids": (b"user,item\n123456789012345678901234567890,1\n5,99999999999999999999\n",
+                         ["123456789012345678901234567890", "5"], ["1", "99999999999999999999"], [0, 1], None),
+}
+
+
+@pytest.mark.parametrize("name", list(WRITTEN_BY_TOOLS))
+def test_user_file_as_tools_write_it(tmp_path, name):
+    content, users, items, times, ratings = WRITTEN_BY_TOOLS[name]
+    path = tmp_path / "mine.csv"
+    path.write_bytes(content)
+    raw = read_user_file(path)
+    assert raw.user.tolist() == users
+    assert raw.item.tolist() == items
+    assert raw.timestamp.tolist() == times and raw.timestamp.dtype == np.int64
+    assert (raw.rating is None) if ratings is None else raw.rating.tolist() == ratings
+
+
+# name -> (file bytes, what the one line says)
+REFUSED = {
+    "empty": (b"", "the file is empty"),
+    "header_only": (b"user,item,rating\r\n", "the file has no rows after its header"),
+    "binary_garbage": (bytes(range(256)) * 4, "is not a text file (it holds binary data); save it as CSV text"),
+    "xlsx_workbook": (zip_bytes({"xl/workbook.xml": "<workbook/>"}), "is not a text file"),
+    "table_without_header": (b"1\t2\t5\t881250949\n2\t3\t4\t881250950\n",
+                             "every line has 4 fields and no header names them"),
+    "unknown_names_tab": (b"customer\tproduct\n1\t2\n3\t4\n", "the header ['customer', 'product'] must name a user"),
+    "time_out_of_range": (b"user,item,timestamp\n1,2,99999999999999999999\n",
+                          "column 'timestamp' line 2 is out of range ('99999999999999999999')"),
+    "time_infinite": (b"user,item,timestamp\n1,2,inf\n", "column 'timestamp' line 2 is out of range ('inf')"),
+    "bad_rating_among_decimal_commas": (b"user;item;rating\n1;2;4,5\n1;3;good\n",
+                                        "column 'rating' must be a number, line 3 has 'good'"),
+    "bad_row_among_float_times": (b"user,item,timestamp\n1,2,1.5\n1,3\n", "line 3 has no value in column 'timestamp'"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_user_file_refused_in_one_line(tmp_path, name):
+    content, expected = REFUSED[name]
+    path = tmp_path / "mine.csv"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as error:
+        read_user_file(path)
+    message = one_line(error)
+    assert message.startswith(f"{path}: ") and expected in message
+
+
+def test_user_file_folder_or_unreadable(tmp_path):
+    with pytest.raises(UserError) as error:
+        read_user_file(tmp_path)
+    assert one_line(error) == f"{tmp_path}: is a folder, not a file; fix the file or check --data_file"
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its permissions")
+    path = write(tmp_path / "mine.csv", "user,item\n1,2\n")
+    path.chmod(0)
+    with pytest.raises(UserError) as error:
+        read_user_file(path)
+    assert one_line(error) == f"{path}: cannot be read (Permission denied); check its permissions"
 
 
 # --- download, verify, unpack --------------------------------------------------------------------
@@ -215,6 +310,7 @@ def test_truncated_zip_without_content_length_is_refused(tmp_path, http_server):
     url = http_server.serve("/cut.zip", body[: len(body) - 30])
     with pytest.raises(UserError, match="does not open as a zip"):
         ensure_raw(source_for("http://127.0.0.1:1/ml-1m.zip", body), tmp_path, url)
+    assert http_server.routes["/cut.zip"].hits == download_module.ATTEMPTS    # a cut archive: tried again
 
 
 def test_wrong_md5_is_rejected(tmp_path, http_server):
@@ -253,6 +349,7 @@ def test_archive_without_the_ratings_file_is_rejected(tmp_path, http_server):
     mirror = http_server.serve("/other.zip", zip_bytes({"ml-1m/users.dat": "1::F::1::10::48067\n"}))
     with pytest.raises(UserError, match="holds no ratings.dat"):
         ensure_raw(source_for("http://127.0.0.1:1/ml-1m.zip"), tmp_path, mirror)
+    assert http_server.routes["/other.zip"].hits == 1      # a sound archive of something else: not again
 
 
 def test_corrupt_zip_in_the_raw_folder_forces_a_new_download(tmp_path, http_server):
@@ -293,12 +390,14 @@ def test_a_sound_zip_of_something_else_is_left_alone(tmp_path):
     assert (folder / "posters.zip").is_file()
 
 
-def test_zip_with_a_bad_crc_is_detected(tmp_path):
+@pytest.mark.parametrize("flipped", [2, 0])
+def test_zip_with_a_bad_crc_is_detected(tmp_path, flipped):
     stored = bytearray(zip_bytes({"ml-1m/ratings.dat": ML1M_RATINGS}))
     with zipfile.ZipFile(io.BytesIO(bytes(stored))) as archive:
         info = archive.infolist()[0]
-    # flip a byte of the compressed data: the archive still opens, testzip() finds the bad member
-    offset = info.header_offset + 30 + len(info.filename) + 2
+    # flip a byte of the compressed data: the archive still opens; testzip() finds the bad member (byte 2)
+    # or the member does not decompress at all (byte 0: zlib.error)
+    offset = info.header_offset + 30 + len(info.filename) + flipped
     stored[offset] ^= 0xFF
     folder = tmp_path / "ml-1m"
     folder.mkdir()

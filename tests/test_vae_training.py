@@ -110,9 +110,9 @@ def test_sigkill_in_a_transfer_stage_then_resume_gives_identical_results(tmp_pat
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     reference = _cli(_args(tmp_path, "uninterrupted"), env=env)
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
-    expected = json.loads((tmp_path / "runs/test/uninterrupted/results.json").read_text())
+    expected = json.loads((tmp_path / "runs/ratings/uninterrupted/results.json").read_text())
 
-    folder = tmp_path / "runs/test/killed"
+    folder = tmp_path / "runs/ratings/killed"
     run = _cli(_args(tmp_path, "killed"), env=env)
     killed_at = None
     deadline = time.time() + 300
@@ -173,7 +173,7 @@ def test_resume_with_more_epochs_extends_a_run_exactly(tmp_path):
     """--resume may change num_epochs: 2 epochs, then resumed to 4, equals 4 epochs in one go."""
     straight = train(small_config(tmp_path, num_epochs=4, experiment_name="straight"), progress=False)
     train(small_config(tmp_path, num_epochs=2, experiment_name="extended"), progress=False)
-    with pytest.raises(UserError, match="different options"):
+    with pytest.raises(UserError, match="lr \(saved 0.005, now 0.01\)"):
         train(small_config(tmp_path, num_epochs=4, lr=0.01, experiment_name="extended", resume=True), progress=False)
     extended = train(small_config(tmp_path, num_epochs=4, experiment_name="extended", resume=True), progress=False)
     assert extended["epochs"] == 4 and extended["test"] == straight["test"]

@@ -33,6 +33,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
@@ -96,11 +97,14 @@ def _inspect_leftovers(folder: Path, source: DatasetSource) -> tuple[list[Path],
         if path.name.endswith(".part"):
             broken.append(path)
         elif path.suffix.lower() == ".zip" and source.archive == "zip":
-            problem = _zip_problem(path, source)
-            if problem is None:
-                valid.append(path)
-            elif not problem.startswith("it holds no"):   # a sound zip of something else is left alone
+            try:
+                _check_zip(path, source)
+            except _ForeignZip:         # a sound zip of something else is left alone
+                continue
+            except _BrokenZip:
                 broken.append(path)
+            else:
+                valid.append(path)
     return broken, valid
 
 
@@ -115,19 +119,33 @@ def _describe(broken: list[Path], target: Path) -> str:
     return f"{names} is {kind} and was not used{extra}."
 
 
-def _zip_problem(path: Path, source: DatasetSource) -> str | None:
-    """Why the archive cannot be used, or None when it opens, passes its CRC check and holds the
-    ratings file."""
+class _BrokenZip(Exception):
+    """The archive is damaged: a member fails its CRC check or does not decompress."""
+
+
+class _NotAZip(_BrokenZip):
+    """The file does not open as a zip: cut short, or not an archive at all (a new download may help)."""
+
+
+class _ForeignZip(Exception):
+    """A sound zip that does not hold the ratings file: some other archive."""
+
+
+def _check_zip(path: Path, source: DatasetSource) -> None:
+    """Return when the archive opens, passes its CRC check and holds the ratings file; otherwise raise
+    _NotAZip, _BrokenZip or _ForeignZip saying why."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-            if bad is not None:
-                return f"member {bad} fails its CRC check"
-            if _member_prefix(archive.namelist(), source.raw_file) is None:
-                return f"it holds no {source.raw_file}"
+            names = archive.namelist()
+    except zlib.error as error:
+        raise _BrokenZip(f"a member does not decompress ({error})") from None
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        return f"it does not open as a zip ({str(error).strip() or type(error).__name__})"
-    return None
+        raise _NotAZip(f"it does not open as a zip ({str(error).strip() or type(error).__name__})") from None
+    if bad is not None:
+        raise _BrokenZip(f"member {bad} fails its CRC check")
+    if _member_prefix(names, source.raw_file) is None:
+        raise _ForeignZip(f"it holds no {source.raw_file}")
 
 
 def _member_prefix(names: list[str], raw_file: str) -> str | None:
@@ -163,19 +181,15 @@ def _download_verified(source: DatasetSource, folder: Path, url: str, default: b
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 got, md5 = _fetch(url, part)
-                problem = _verify(source, part, got, md5, default)
+                _verify(source, part, got, md5, default)
+                break
             except _FetchError as error:
                 raise _fail(url, str(error), target, notes) from None
             except _Truncated as error:
-                problem = f"truncated: {error}"
-            if problem is None:
-                break
-            retry = problem.startswith("truncated: ")
-            problem = problem.removeprefix("truncated: ")
-            if retry and attempt < ATTEMPTS:
-                print(f"esapr: {url}: {problem}; trying again", file=sys.stderr)
-                continue
-            raise _fail(url, problem + (f" (tried {attempt} times)" if retry and attempt > 1 else ""), target, notes)
+                if attempt == ATTEMPTS:
+                    tried = f" (tried {attempt} times)" if attempt > 1 else ""
+                    raise _fail(url, f"{error}{tried}", target, notes) from None
+                print(f"esapr: {url}: {error}; trying again", file=sys.stderr)
         if source.archive == "zip":
             _unpack(part, source, folder)
         else:
@@ -189,7 +203,7 @@ class _FetchError(Exception):
 
 
 class _Truncated(Exception):
-    """The download stopped early; trying again may help."""
+    """The download stopped early, or came out empty or not a zip; trying again may help."""
 
 
 def _fetch(url: str, part: Path) -> tuple[int, str]:
@@ -289,27 +303,27 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verify(source: DatasetSource, part: Path, got: int, md5: str, default: bool) -> str | None:
-    """None if the download is good; otherwise the reason (prefixed ``truncated:`` when a retry may help).
+def _verify(source: DatasetSource, part: Path, got: int, md5: str, default: bool) -> None:
+    """Return if the download is good; otherwise raise _Truncated (a retry may help) or _FetchError.
 
     The registry's size and md5 describe the registry's archive: they are applied to the default URL,
     and to a mirror that serves a file of exactly that size (the same archive). A mirror serving a
     different file (e.g. a re-packed zip) is checked as a zip only."""
     if got == 0:
-        return "truncated: the server sent an empty file"
+        raise _Truncated("the server sent an empty file")
     same_archive = default or (source.size is not None and got == source.size)
     if same_archive and source.size is not None and got != source.size:
-        kind = "truncated: " if got < source.size else ""
-        return f"{kind}got {got} bytes, expected {source.size}"
+        raise (_Truncated if got < source.size else _FetchError)(f"got {got} bytes, expected {source.size}")
     if same_archive and source.md5 is not None and md5 != source.md5:
-        return (f"md5 {md5} differs from the expected {source.md5} (a damaged download, or the server "
-                f"serves a different file)")
+        raise _FetchError(f"md5 {md5} differs from the expected {source.md5} (a damaged download, or the server "
+                          f"serves a different file)")
     if source.archive == "zip":
-        problem = _zip_problem(part, source)
-        if problem is not None:
-            return f"truncated: the downloaded archive is unusable: {problem}" if "does not open" in problem \
-                else f"the downloaded archive is unusable: {problem}"
-    return None
+        try:
+            _check_zip(part, source)
+        except _NotAZip as error:
+            raise _Truncated(f"the downloaded archive is unusable: {error}") from None
+        except (_BrokenZip, _ForeignZip) as error:
+            raise _FetchError(f"the downloaded archive is unusable: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ unseen item at all is a UserError. (The original crashes in both cases.)
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from esapr.errors import UserError
+from esapr.files import atomic_write
 
 CODES = ("random", "popular")
 _EMPTY = np.iinfo(np.int32).max
@@ -321,12 +321,5 @@ def cached_negatives(sequences, folder: Path, code: str, size: int, seed: int, l
             pass
         path.unlink(missing_ok=True)  # damaged or stale: regenerate
     negatives = sample_negatives(sequences, code, size, seed, legacy=legacy)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, negatives, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda handle: np.save(handle, negatives, allow_pickle=False))
     return negatives

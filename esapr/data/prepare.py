@@ -5,8 +5,11 @@ re-preprocesses and changing ``min_uc`` always does.
 """
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +18,9 @@ import numpy as np
 from esapr.config import Config
 from esapr.data.negatives import cached_negatives
 from esapr.data.sequences import Sequences, build_sequences
-from esapr.data.sources import SOURCES, DatasetSource, file_fingerprint, read_user_file
+from esapr.data.sources import SOURCES, file_fingerprint, read_user_file
 from esapr.errors import UserError
+from esapr.files import FolderLock
 
 
 @dataclass
@@ -29,6 +33,22 @@ class PreparedData:
     raw_folder: Path | None = None          # where the raw dataset lives (for titles)
     timings: dict = field(default_factory=dict)
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of what a run is trained and evaluated on: the sequences with their id maps and
+        the negatives. Equal fingerprints mean the same data, whatever the file or cache."""
+        if "fingerprint" not in self.timings:
+            digest = hashlib.sha1()
+            seqs = self.sequences
+            for array in (seqs.offsets, seqs.items, seqs.timestamps, seqs.user_ids, seqs.item_ids,
+                          self.test_negatives, self.train_negatives):
+                if array is not None:
+                    array = np.ascontiguousarray(array)
+                    digest.update(f"{array.dtype}{array.shape}".encode())
+                    digest.update(array.tobytes())
+            self.timings["fingerprint"] = digest.hexdigest()[:16]
+        return self.timings["fingerprint"]
+
     def titles(self) -> dict:
         """Original item id -> title, where the dataset has titles (MovieLens)."""
         source = SOURCES.get(self.name)
@@ -37,58 +57,71 @@ class PreparedData:
         return source.titles(self.raw_folder)
 
 
-def dataset_label(config: Config) -> str:
+def raw_file(config: Config) -> Path:
+    """The raw ratings file: the user's, or the registry dataset's (downloaded once)."""
     if config.data_file:
         path = Path(config.data_file)
         if not path.is_file():
             raise UserError(f"{path}: file not found; check --data_file")
-        return f"file-{path.stem}-{file_fingerprint(path)}"
+        return path
     if config.dataset_code not in SOURCES:
         raise UserError(f"unknown dataset_code '{config.dataset_code}'; choose one of {', '.join(SOURCES)} "
                         f"or pass --data_file")
-    return config.dataset_code
+    from esapr.data.download import ensure_raw
+    return ensure_raw(SOURCES[config.dataset_code], Path(config.local_data_folder), config.data_url)
 
 
-def cache_dir(config: Config) -> Path:
-    name = (f"{dataset_label(config)}_min_rating{config.min_rating:g}-min_uc{config.min_uc}"
+def cache_dir(config: Config, raw: Path) -> Path:
+    """Keyed by the raw file's fingerprint and exactly the options that change the sequences."""
+    label = f"file-{raw.stem}" if config.data_file else config.dataset_code
+    name = (f"{label}-{file_fingerprint(raw)}_min_rating{config.min_rating:g}-min_uc{config.min_uc}"
             f"-min_sc{config.min_sc}-split{config.split}")
     return Path(config.local_data_folder) / "preprocessed" / name
 
 
-def load_sequences(config: Config) -> tuple[Sequences, Path, Path | None]:
-    """Sequences from the cache, or read + preprocess + cache them."""
-    folder = cache_dir(config)
+@contextmanager
+def _cache_lock(folder: Path):
+    """One process at a time prepares a cache; another waits for it, then reads what it made."""
+    lock = FolderLock(folder, "it is preparing this data")
+    lock.acquire(wait=True, on_wait=lambda message: print(f"esapr: {message}", file=sys.stderr))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def load_sequences(config: Config) -> tuple[Sequences, Path, Path]:
+    """(sequences, cache folder, raw file): from the cache, or read + preprocess + cache them."""
+    raw = raw_file(config)
+    folder = cache_dir(config, raw)
     path = folder / "sequences.npz"
-    raw_folder = None if config.data_file else Path(config.local_data_folder) / config.dataset_code
-    if path.is_file():
-        try:
-            return Sequences.load(path), folder, raw_folder
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            path.unlink()  # a damaged cache is rebuilt, never used
-    if config.data_file:
-        raw = read_user_file(Path(config.data_file))
-    else:
-        from esapr.data.download import ensure_raw
-        source: DatasetSource = SOURCES[config.dataset_code]
-        raw = source.reader(ensure_raw(source, Path(config.local_data_folder), config.data_url))
-    sequences = build_sequences(raw, config.min_rating, config.min_sc, config.min_uc)
-    sequences.save(path)
-    return sequences, folder, raw_folder
+    with _cache_lock(folder):
+        if path.is_file():
+            try:
+                return Sequences.load(path), folder, raw
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                path.unlink()  # a damaged cache is rebuilt, never used
+        frame = read_user_file(raw) if config.data_file else SOURCES[config.dataset_code].reader(raw)
+        sequences = build_sequences(frame, config.min_rating, config.min_sc, config.min_uc)
+        sequences.save(path)
+    return sequences, folder, raw
 
 
 def prepare_data(config: Config) -> PreparedData:
     start = time.perf_counter()
-    sequences, folder, raw_folder = load_sequences(config)
+    sequences, folder, raw = load_sequences(config)
     loaded = time.perf_counter()
-    test_negatives = cached_negatives(sequences, folder, config.test_negative_sampler_code,
-                                      config.test_negative_sample_size, config.test_negative_sampling_seed,
-                                      legacy=config.legacy_negatives)
-    train_negatives = None
-    if config.train_negative_sample_size > 0:
-        train_negatives = cached_negatives(sequences, folder, config.train_negative_sampler_code,
-                                           config.train_negative_sample_size, config.train_negative_sampling_seed,
-                                           legacy=config.legacy_negatives)
+    with _cache_lock(folder):
+        test_negatives = cached_negatives(sequences, folder, config.test_negative_sampler_code,
+                                          config.test_negative_sample_size, config.test_negative_sampling_seed,
+                                          legacy=config.legacy_negatives)
+        train_negatives = None
+        if config.train_negative_sample_size > 0:
+            train_negatives = cached_negatives(sequences, folder, config.train_negative_sampler_code,
+                                               config.train_negative_sample_size,
+                                               config.train_negative_sampling_seed, legacy=config.legacy_negatives)
     done = time.perf_counter()
-    name = config.dataset_code if not config.data_file else dataset_label(config)
+    name = f"file-{raw.stem}" if config.data_file else config.dataset_code
+    raw_folder = None if config.data_file else raw.parent
     return PreparedData(sequences, test_negatives, train_negatives, folder, name, raw_folder,
                         {"sequences_s": loaded - start, "negatives_s": done - loaded})

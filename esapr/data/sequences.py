@@ -6,7 +6,6 @@ i-th smallest original item id. Each user's items are stably sorted by (timestam
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 
 from esapr.data.sources import RawInteractions
 from esapr.errors import UserError
+from esapr.files import atomic_write
 
 SECONDS_PER_DAY = 86400
 
@@ -82,12 +82,9 @@ class Sequences:
         }
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, offsets=self.offsets, items=self.items, timestamps=self.timestamps,
-                 user_ids=self.user_ids, item_ids=self.item_ids)
-        os.replace(tmp, path)
+        atomic_write(Path(path), lambda handle: np.savez(handle, offsets=self.offsets, items=self.items,
+                                                         timestamps=self.timestamps, user_ids=self.user_ids,
+                                                         item_ids=self.item_ids))
 
     @classmethod
     def load(cls, path: Path) -> "Sequences":

@@ -5,8 +5,10 @@ there by hand are used as they are. Reading errors become one-line UserErrors na
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,63 +44,89 @@ class DatasetSource:
     titles: Callable[[Path], dict] | None = None  # folder -> {original item id: title}
 
 
-def _fail(path: Path, problem: str, fix: str = "fix the file, or delete it to download it again") -> UserError:
+_REFETCH = "fix the file, or delete it to download it again"   # what to do about a bad registry file
+_PLACE = "place it there or let esapr download it"               # ... about a missing one
+_USER_FIX = "fix the file or check --data_file"                  # ... about the user's own file
+
+
+def _fail(path: Path, problem: str, fix: str = _REFETCH) -> UserError:
     return UserError(f"{path}: {problem}; {fix}")
 
 
+class _BadValue(UserError):
+    """A value that does not parse as its column's kind: a reader may retry with a laxer parse
+    (its own type, so that retry is keyed on it, not on the message)."""
+
+    def __init__(self, path: Path, column: str, what: str, line: int, value: str, fix: str):
+        super().__init__(f"{path}: column '{column}' must be {what}, line {line} has '{value[:40]}'; {fix}")
+
+
 ID, STR_ID, FLOAT, INT, TEXT, EMPTY, SKIP = "id", "str_id", "float", "int", "text", "empty", "skip"
+WHITESPACE = r"\s+"            # as a separator: runs of spaces or tabs (pandas' C parser supports it)
 _FAST_DTYPES = {ID: np.int64, STR_ID: str, FLOAT: np.float64, INT: np.int64, TEXT: str, EMPTY: np.float64}
 _DIAGNOSE_CHUNK = 200_000
 
 
-def _check_file(path: Path, fix: str) -> None:
-    if not path.is_file():
-        raise _fail(path, "file not found", "place it there or let esapr download it"
-                    if fix.endswith("download it again") else fix)
-    if path.stat().st_size == 0:
+def _check_file(path: Path, fix: str, missing_fix: str) -> None:
+    """Refuse, in one line, anything but a readable file with at least one byte."""
+    try:
+        with open(path, "rb") as handle:
+            empty = not handle.read(1)
+    except FileNotFoundError:
+        raise _fail(path, "file not found", missing_fix) from None
+    except IsADirectoryError:
+        raise _fail(path, "is a folder, not a file", missing_fix) from None
+    except OSError as error:
+        raise _fail(path, f"cannot be read ({error.strerror or error})", "check its permissions") from None
+    if empty:
         raise _fail(path, "the file is empty", fix)
 
 
 def _read_table(path: Path, spec: dict[str, str], *, sep: str = ",", header: bool = False,
-                fix: str = "fix the file, or delete it to download it again") -> pd.DataFrame:
+                fix: str = _REFETCH, missing_fix: str = _PLACE, encoding: str = "utf-8") -> pd.DataFrame:
     """Read a delimited file whose columns are ``spec`` (name -> kind), in order.
 
     Kinds: ``id`` (integer id), ``str_id`` (id kept as text), ``float``, ``int``, ``text`` (any
     non-empty text), ``empty`` (a separator column that must stay empty, e.g. the gaps of ml-1m's
     ``::``), ``skip`` (not read). The fast path parses with the C engine and explicit dtypes (no
     type inference, no copies); only empty fields count as missing (an id may read "NA"). Anything
-    it cannot parse is diagnosed chunk by chunk to a one-line UserError naming line and column."""
-    _check_file(path, fix)
+    it cannot parse is diagnosed chunk by chunk to a one-line UserError naming line and column
+    (a _BadValue when a value does not parse as its kind)."""
+    _check_file(path, fix, missing_fix)
     names = list(spec)
     used = [n for n, k in spec.items() if k != SKIP]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)   # extra fields: diagnose
+            warnings.simplefilter("error", RuntimeWarning)            # "inf" cast to an integer: diagnose
             frame = pd.read_csv(path, sep=sep, header=0 if header else None, names=names, index_col=False,
-                                usecols=used if len(used) < len(names) else None,
+                                usecols=used if len(used) < len(names) else None, encoding=encoding,
                                 dtype={n: _FAST_DTYPES[k] for n, k in spec.items() if k != SKIP}, engine="c",
                                 keep_default_na=False, na_values={n: [""] for n in used},  # "NA" may be an id
                                 skip_blank_lines=True)
-    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning, UnicodeDecodeError):
-        raise _diagnose(path, spec, sep, header, fix) from None
+    except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning, RuntimeWarning,
+            UnicodeDecodeError):
+        raise _diagnose(path, spec, sep, header, fix, encoding) from None
     if len(frame) == 0:
         raise _fail(path, "the file has no rows" + (" after its header" if header else ""), fix)
     # NaN (an empty field) can only get through in float and text columns
     for name, kind in spec.items():
         if kind in (FLOAT, STR_ID, TEXT) and frame[name].isna().any() or kind == EMPTY and frame[name].notna().any():
-            raise _diagnose(path, spec, sep, header, fix)
+            raise _diagnose(path, spec, sep, header, fix, encoding)
     return frame.drop(columns=[n for n, k in spec.items() if k == EMPTY])
 
 
-def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str) -> UserError:
+def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str, encoding: str) -> UserError:
     """The first problem in the file, as a UserError (chunked, so a big file stays cheap in memory)."""
     names = list(spec)
     shown = [n for n, k in spec.items() if k not in (EMPTY, SKIP)]
-    layout = (sep * 2).join(shown) if EMPTY in spec.values() else ("\\t" if sep == "\t" else sep).join(shown)
+    shown_sep = sep * 2 if EMPTY in spec.values() else {"\t": "\\t", WHITESPACE: " "}.get(sep, sep)
+    layout = shown_sep.join(shown)
     first_line = 1 + int(header)
     try:
         chunks = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
-                             index_col=False, engine="c", skip_blank_lines=True, chunksize=_DIAGNOSE_CHUNK)
+                             index_col=False, engine="c", skip_blank_lines=True, chunksize=_DIAGNOSE_CHUNK,
+                             encoding=encoding)
         for number, chunk in enumerate(chunks):
             base = first_line + number * _DIAGNOSE_CHUNK
             if chunk.shape[1] != len(names) and EMPTY in spec.values():
@@ -126,13 +154,13 @@ def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str
                 if kind in (FLOAT, INT, ID):
                     number_ = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
                     bad = np.isnan(number_)
-                    if kind != FLOAT:
-                        bad = bad | ~np.isfinite(number_) | (np.nan_to_num(number_) % 1 != 0)
+                    if kind != FLOAT:   # not finite, a fraction, or beyond int64
+                        bad = bad | ~(np.abs(number_) < 2.0**63) | (np.nan_to_num(number_) % 1 != 0)
                     if bad.any():
                         line = int(np.argmax(bad))
-                        what = "a number" if kind == FLOAT else "an integer"
-                        return _fail(path, f"column '{name}' must be {what}, line {base + line} has "
-                                           f"'{values.iloc[line][:40]}'", fix)
+                        what = ("a number" if kind == FLOAT else
+                                "an integer below 2**63" if float(number_[line]).is_integer() else "an integer")
+                        return _BadValue(path, name, what, base + line, values.iloc[line], fix)
     except pd.errors.EmptyDataError:
         return _fail(path, "the file is empty", fix)
     except pd.errors.ParserError as error:
@@ -177,7 +205,7 @@ def read_ml1m(path: Path) -> RawInteractions:
 
 def read_ml20m(path: Path) -> RawInteractions:
     """ratings.csv: header ``userId,movieId,rating,timestamp``, half-star float ratings."""
-    _check_file(path, "fix the file, or delete it to download it again")
+    _check_file(path, _REFETCH, _PLACE)
     return _to_raw(_read_table(path, RATINGS, header=_has_header(path, ",")))
 
 
@@ -198,82 +226,179 @@ RATING_NAMES = ("rating", "ratings", "score", "stars")
 TIME_NAMES = ("timestamp", "time", "ts", "unix_time", "unixreviewtime", "date", "datetime")
 
 
+_HEADER_SEPS = ("\t", ";", ",", WHITESPACE)        # tried in this order on the first line
+_INT_TEXT = r"-?(0|[1-9][0-9]{0,17})(\.0*)?"     # an integer id ("3.0": how pandas writes a float column)
+_SNIFF_BYTES = 1 << 16
+_TABLE_WIDTHS = range(3, 6)       # fields of a headerless table (u.data: 4); as a sequence file: 2-4 items a user
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")   # bytes no text holds (tab, LF, VT, FF, CR may)
+
+
+def _key(name: str) -> str:
+    """A column name as compared: RecBole's ``:type`` suffix, case, spaces and punctuation ignored,
+    so ``User ID``, ``userId``, ``user_id`` and ``user_id:token`` all name the user column."""
+    return re.sub(r"[^0-9a-z]", "", name.split(":")[0].lower())
+
+
 def _find(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [h.strip().lower() for h in header]
-    return next((lowered.index(n) for n in names if n in lowered), None)
+    keys = [_key(h) for h in header]
+    return next((keys.index(_key(n)) for n in names if _key(n) in keys), None)
 
 
 def read_user_file(path: Path) -> RawInteractions:
-    """Your own data: a CSV/TSV with a header naming user and item columns (rating and time
-    optional; other columns ignored), or a sequence file (``user item item ...`` per line, file
-    order = time order). Times may be unix seconds or dates; numeric ids become integers."""
-    fix = "fix the file or check --data_file"
-    _check_file(path, fix)
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    if not first.strip():
-        raise _fail(path, "the file starts with a blank line", fix)
-    sep = "\t" if "\t" in first else ";" if ";" in first and "," not in first else ","
-    header = next(csv.reader([first.strip()], delimiter=sep))
-    user_col, item_col = _find(header, USER_COLUMNS), _find(header, ITEM_COLUMNS)
-    if user_col is None or item_col is None:
-        if any(h.strip().lower() in USER_COLUMNS + ITEM_COLUMNS for h in header) or sep != "," or len(first.split()) < 2:
-            raise _fail(path, f"the header {header} must name a user column ({'/'.join(USER_COLUMNS[:4])}) "
-                              f"and an item column ({'/'.join(ITEM_COLUMNS[:6])})", "rename the columns")
-        return _read_sequence_file(path)
-    named = {user_col: ("user", STR_ID), item_col: ("item", STR_ID)}
+    """Your own data: a table with a header naming user and item columns (rating and time optional,
+    other columns ignored), comma, semicolon, tab or space separated as spreadsheets, pandas and
+    RecBole write it; or a file without header holding one user per line (``user item item ...``;
+    SASRec's ``user item`` pairs), file order = time order. Times may be unix seconds or dates;
+    numeric ids become integers. Text may be UTF-8 (BOM or not), UTF-16 with a BOM, or Latin-1."""
+    _check_file(path, _USER_FIX, _USER_FIX)
+    encoding = _text_encoding(path)
+    with open(path, encoding=encoding, newline="") as handle:
+        first = handle.readline().strip()
+    if not first:
+        raise _fail(path, "the file starts with a blank line", _USER_FIX)
+    header, sep = _split_header(first)
+    if sep is not None:
+        return _read_user_table(path, header, sep, encoding)
+    if _find(header, USER_COLUMNS + ITEM_COLUMNS) is not None or len(first.split()) < 2 or re.search("[,;]", first):
+        raise _header_error(path, header)
+    return _read_sequence_file(path, encoding)
+
+
+def _text_encoding(path: Path) -> str:
+    """How to decode the file: UTF-16 when it starts with that BOM (a spreadsheet's "Unicode text"),
+    UTF-8 (skipping a BOM) when all of it decodes so, else Latin-1 (older spreadsheets). Binary data
+    (a workbook, an archive) is refused here rather than misread."""
+    with open(path, "rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if _CONTROL.search(head):
+        raise _fail(path, "is not a text file (it holds binary data)",
+                    "save it as CSV text (a spreadsheet's Save As > CSV) or unpack it, and pass that file")
+    return "utf-8-sig" if _is_utf8(path) else "latin-1"
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether the whole file decodes as UTF-8 (read in blocks, so memory stays small)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _split_header(line: str) -> tuple[list[str], str | None]:
+    """(fields, separator) of the first line under the first separator that makes it name a user
+    and an item column; (its widest split, None) when none does."""
+    splits = {sep: line.split() if sep == WHITESPACE else next(csv.reader([line], delimiter=sep))
+              for sep in _HEADER_SEPS}
+    for sep, fields in splits.items():
+        if _find(fields, USER_COLUMNS) is not None and _find(fields, ITEM_COLUMNS) is not None:
+            return fields, sep
+    return max(splits.values(), key=len), None
+
+
+def _header_error(path: Path, header: list[str]) -> UserError:
+    return _fail(path, f"the header {header} must name a user column ({'/'.join(USER_COLUMNS[:4])}) "
+                       f"and an item column ({'/'.join(ITEM_COLUMNS[:6])})", "rename the columns")
+
+
+def _read_user_table(path: Path, header: list[str], sep: str, encoding: str) -> RawInteractions:
+    """The named columns of a table with a header (others, e.g. pandas' unnamed index, are skipped).
+    Rating and time are parsed as numbers; only a file whose values need more (decimal commas,
+    fractional or date times) is read once more with those two columns as text."""
+    named = {_find(header, USER_COLUMNS): ("user", STR_ID), _find(header, ITEM_COLUMNS): ("item", STR_ID)}
     for names, label, kind in ((RATING_NAMES, "rating", FLOAT), (TIME_NAMES, "timestamp", INT)):
         col = _find(header, names)
         if col is not None and col not in named:
             named[col] = (label, kind)
     spec = dict(named.get(i, (f"extra{i}", SKIP)) for i in range(len(header)))
+    options = dict(sep=sep, header=True, fix=_USER_FIX, missing_fix=_USER_FIX, encoding=encoding)
     try:
-        frame = _read_table(path, spec, sep=sep, header=True, fix=fix)
-    except UserError:
-        if spec.get("timestamp") != INT:
-            raise
-        spec["timestamp"] = TEXT          # dates, or numbers written as floats
-        frame = _read_table(path, spec, sep=sep, header=True, fix=fix)
-        parsed = pd.to_numeric(frame["timestamp"], errors="coerce")
-        if parsed.notna().all():
-            frame["timestamp"] = np.floor(parsed.to_numpy(np.float64)).astype(np.int64)
-        else:
-            dates = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True, format="mixed")
-            if dates.isna().any():
-                line = int(np.argmax(dates.isna().to_numpy())) + 2
-                raise _fail(path, f"column 'timestamp' line {line} is neither a number nor a date "
-                                  f"('{frame['timestamp'].iloc[line - 2][:40]}')", fix) from None
-            epoch = pd.Timestamp("1970-01-01", tz="UTC")
-            frame["timestamp"] = ((dates - epoch) // pd.Timedelta(seconds=1)).astype(np.int64)
+        frame = _read_table(path, spec, **options)
+    except _BadValue:                       # only rating and timestamp are parsed as numbers
+        frame = _read_table(path, {n: TEXT if k in (FLOAT, INT) else k for n, k in spec.items()}, **options)
+        if "rating" in frame:
+            frame["rating"] = _lax_ratings(path, frame["rating"])
+        if "timestamp" in frame:
+            frame["timestamp"] = _lax_times(path, frame["timestamp"])
     for name in ("user", "item"):
-        frame[name] = _maybe_int(frame[name])
+        frame[name] = _ids(frame[name])
     return _to_raw(frame)
 
 
-def _maybe_int(values: pd.Series) -> pd.Series:
-    """Text ids that are all integers (without leading zeros, which would be lost) become int64."""
-    pattern = r"-?(0|[1-9][0-9]{0,17})"
-    text = values.astype(str)
-    if not text.iloc[:1000].str.fullmatch(pattern).all() or not text.str.fullmatch(pattern).all():
-        return values
-    return text.astype(np.int64)
+def _decimal(values: pd.Series) -> np.ndarray:
+    """Numbers from text, a decimal comma read as a point (spreadsheets in many locales); NaN if none.
+    Commas go before parsing: a value pandas fails to parse costs it several times one it parses."""
+    if values.str.contains(",", regex=False).any():
+        values = values.str.replace(",", ".", regex=False)
+    return pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
 
 
-def _read_sequence_file(path: Path) -> RawInteractions:
-    numbered = [(number, line.split()) for number, line in
-                enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1) if line.strip()]
-    if not numbered:
-        raise _fail(path, "the file is empty", "check --data_file")
-    lines = [tokens for _, tokens in numbered]
-    lengths = np.fromiter((len(l) - 1 for l in lines), dtype=np.int64, count=len(lines))
-    if (lengths < 1).any():
-        raise _fail(path, f"line {numbered[int(np.argmax(lengths < 1))][0]} has a user but no items",
+def _lax_ratings(path: Path, values: pd.Series) -> np.ndarray:
+    ratings = _decimal(values)
+    bad = np.isnan(ratings)
+    if bad.any():
+        line = int(np.argmax(bad))
+        raise _BadValue(path, "rating", "a number", line + 2, values.iloc[line], _USER_FIX)
+    return ratings
+
+
+def _lax_times(path: Path, values: pd.Series) -> np.ndarray:
+    """Unix seconds from numbers (fractions floored) or, when some value is not a number, from dates
+    (ISO 8601 and the like; UTC unless they name a zone)."""
+    seconds, problem = _decimal(values), "is out of range"
+    if np.isnan(seconds).any():
+        dates = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        since = (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+        seconds, problem = since.to_numpy(np.float64, na_value=np.nan), "is neither a number nor a date"
+    bad = ~(np.abs(seconds) < 2.0**63)
+    if bad.any():
+        line = int(np.argmax(bad))
+        raise _fail(path, f"column 'timestamp' line {line + 2} {problem} ('{values.iloc[line][:40]}')", _USER_FIX)
+    return np.floor(seconds).astype(np.int64)
+
+
+def _ids(values: pd.Series) -> np.ndarray:
+    """Ids as text without surrounding spaces; all-integer ids (without leading zeros, which would be
+    lost) become int64. The text work is done once per distinct id (pandas' string methods run per
+    element), then spread back to the rows."""
+    rows, distinct = pd.factorize(values)
+    text = pd.Series(distinct).astype(str).str.strip()
+    if text.iloc[:1000].str.fullmatch(_INT_TEXT).all() and text.str.fullmatch(_INT_TEXT).all():
+        text = text.str.replace(r"\.0*$", "", regex=True).astype(np.int64)
+    return text.to_numpy()[rows]
+
+
+def _read_sequence_file(path: Path, encoding: str) -> RawInteractions:
+    """One user per line, ``user item item ...`` separated by spaces or tabs (SASRec's ``user item``
+    pairs have one item a line); file order is time order. A first line that reads as a header (no
+    number in it, only numbers in the next), and a table without one (every line the same 3-5
+    fields, like u.data), are refused, not misread."""
+    with open(path, encoding=encoding) as handle:
+        tokens = pd.Series(handle.read().split("\n")).str.split()
+    counts = tokens.str.len().to_numpy()
+    numbers = np.flatnonzero(counts) + 1                 # line numbers of the lines that are not blank
+    tokens, counts = tokens[counts > 0], counts[counts > 0]
+    numeric = [[re.fullmatch(_INT_TEXT, token) is not None for token in line] for line in tokens.iloc[:2]]
+    if len(numeric) == 2 and not any(numeric[0]) and all(numeric[1]):
+        raise _header_error(path, tokens.iloc[0])
+    if (counts < 2).any():
+        raise _fail(path, f"line {numbers[np.argmax(counts < 2)]} has a user but no items",
                     "each line must be 'user item item ...'")
-    users = np.repeat(np.array([l[0] for l in lines]), lengths)
-    items = np.array([tok for l in lines for tok in l[1:]])
-    frame = pd.DataFrame({"user": users, "item": items})
+    if len(counts) > 1 and counts[0] in _TABLE_WIDTHS and (counts == counts[0]).all():
+        raise _fail(path, f"every line has {counts[0]} fields and no header names them, so it may be a table "
+                          f"(user item rating timestamp ...) rather than one user per line",
+                    "add a header line naming the columns")
+    flat = tokens.explode()                              # every token; its index is its line's
+    items = flat[flat.index.duplicated()]                # all but the first of each line
+    frame = pd.DataFrame({"user": np.repeat(tokens.str[0].to_numpy(), counts - 1), "item": items.to_numpy()})
     for name in ("user", "item"):
-        frame[name] = _maybe_int(frame[name])
+        frame[name] = _ids(frame[name])
     return _to_raw(frame)
 
 

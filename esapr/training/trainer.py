@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from esapr.config import RUN_ONLY, Config, config_differences, describe_differences
+from esapr.config import Config, resumed_config
 from esapr.data.prepare import PreparedData, prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
@@ -166,7 +166,7 @@ class Trainer:
         experiment.save(experiment.best_model, {"model": self.best_weights, "epoch": epoch, "metric": metric})
 
     def load_best(self, experiment: Experiment) -> None:
-        self.model.load_state_dict(experiment.load(experiment.best_model, self.device)["model"])
+        experiment.load_weights(self.model, experiment.best_model, self.device)
 
     def summary(self, experiment: Experiment) -> str:
         """The start-up line: data, model, device, folder."""
@@ -176,11 +176,13 @@ class Trainer:
                 f"interactions | {label} ({self.config.model_code}) | {self.device} | {experiment.path}")
 
     # --- the run -------------------------------------------------------------------------------
+    def resume_from(self, experiment: Experiment) -> None:
+        """Continue from the folder's checkpoint; log rows after it are dropped."""
+        self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment)
+        experiment.truncate_tables(self.state.epoch)
+
     def fit(self, experiment: Experiment) -> dict:
         config = self.config
-        if config.resume:
-            self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment)
-            experiment.truncate_tables(self.state.epoch)
         experiment.set_status("running")
         max_epochs = 1 if config.pilot else (config.num_epochs if config.num_epochs > 0 else 10**9)
         limit = 1 if config.pilot else None
@@ -244,30 +246,28 @@ class Trainer:
 def train(config: Config, data: PreparedData | None = None, progress: Progress | bool | str = True) -> dict:
     """Prepare data, train, test the best model; returns the results (also in results.json).
 
-    The experiment folder is touched only once the data is prepared and the model is built, so a
-    run that fails before that leaves no folder and replaces no earlier run."""
+    The process holds the experiment folder's lock throughout. The folder's files are touched
+    only once the data is prepared and the model is built, so a run that fails before that
+    leaves no folder and replaces no earlier run."""
     progress = progress if isinstance(progress, Progress) else Progress(progress)
     experiment = Experiment(experiment_path(config))
-    experiment.check_can_train(config)
-    if config.resume:
-        config = _resume_config(config, experiment)
-    data = data or prepare_data(config)
-    trainer = Trainer(config, data, progress)
-    progress.line(trainer.summary(experiment))
-    if not config.resume:
-        experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions})
-    try:
-        return trainer.fit(experiment)
-    except BaseException:
-        experiment.set_status("interrupted")
-        raise
-
-
-def _resume_config(config: Config, experiment: Experiment) -> Config:
-    """A resumed run continues with the saved config; a conflicting option is an error
-    (num_epochs may change: the epochs already run do not depend on it)."""
-    changed = config_differences(experiment.read_config(), config, ignore=RUN_ONLY | {"num_epochs"})
-    if changed:
-        raise UserError(f"{experiment.path}: --resume with options that differ from the saved run: "
-                        f"{describe_differences(changed)}; give the saved values or start a new experiment")
-    return config
+    with experiment.lock():
+        experiment.check_can_train(config)
+        if config.resume:
+            config = resumed_config(experiment.read_config(), config, experiment.path)
+        data = data or prepare_data(config)
+        if config.resume:
+            experiment.check_data(data.fingerprint)
+        trainer = Trainer(config, data, progress)
+        progress.line(trainer.summary(experiment))
+        if config.resume:
+            trainer.resume_from(experiment)
+        else:
+            experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions,
+                                      "data_fingerprint": data.fingerprint})
+        try:
+            return trainer.fit(experiment)
+        except BaseException:
+            with suppress(OSError):      # a full disk may refuse this too; the original error matters
+                experiment.set_status("interrupted")
+            raise

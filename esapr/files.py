@@ -1,0 +1,106 @@
+"""Safe writes and one writer per folder.
+
+Every file the package writes goes through ``atomic_write``: a uniquely named temporary file
+beside the target, renamed into place, so a kill or a full disk never leaves a half-written
+file under the real name and two processes never share a temporary file. ``FolderLock`` is an
+OS file lock (released by the OS when its process dies, so there are no stale locks to guess
+about); on file systems without locks (some FUSE mounts) it warns once and goes on, which is
+still safe for the data because every write is atomic.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from esapr.errors import UserError
+
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """``write(binary file)`` into a unique temporary file beside ``path``, then rename it there."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+class FolderLock:
+    """An exclusive lock on ``folder`` (the file ``folder/.lock`` holds the owner's pid). Folders
+    made only to hold the lock are removed again on release if nothing else was put there, so a
+    run that fails early leaves nothing behind."""
+
+    def __init__(self, folder: Path, what: str):
+        self.folder = Path(folder)
+        self.path = self.folder / ".lock"
+        self.what = what
+        self._fd: int | None = None
+        self._made: list[Path] = []
+
+    def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> None:
+        """Take the lock; if another process has it, raise a UserError naming it, or (``wait``)
+        call ``on_wait(message)`` once and block until it is free."""
+        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                message = f"{self.folder} is in use by another esapr process ({self._holder(fd)})"
+                if not wait:
+                    raise UserError(f"{message}: {self.what}; wait for it to finish or stop it") from None
+                if on_wait is not None:
+                    on_wait(f"{message}; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise
+            warnings.warn(f"{self.folder}: this file system has no file locks; make sure only one esapr process "
+                          f"writes there at a time", stacklevel=2)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)    # closing drops the lock
+        self._fd = None
+        if self._made and [p.name for p in self.folder.iterdir()] == [self.path.name]:
+            self.path.unlink(missing_ok=True)
+            for folder in self._made:
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        text = os.pread(fd, 200, 0).decode(errors="replace").split()
+        return f"pid {text[0]}, since {' '.join(text[1:3])}" if len(text) >= 3 else "pid unknown"
+
+    def __enter__(self) -> "FolderLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

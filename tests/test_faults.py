@@ -1,0 +1,351 @@
+"""Reliability under faults: a kill at any write, two processes on one folder or one cache, damaged
+files, a full disk, a read-only folder. Nothing is lost, nothing is written outside the experiment
+folder, and every failure is one line naming the problem and what to do."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from esapr.cli import main
+from esapr.config import build_config
+from esapr.errors import UserError
+from esapr.experiment import Experiment
+from esapr.files import FolderLock
+from esapr.training.trainer import train
+from tests.conftest import cli_env, start_cli
+from tests.synthetic import write_ratings_csv
+
+OPTIONS = ["--templates", "train_vae", "--max_len", "12", "--train_window", "2", "--train_batch_size", "48",
+           "--encoder_hidden_layer", "16", "--encode_len", "8", "--test_negative_sample_size", "10",
+           "--num_epochs", "4", "--saturation_wait_epochs", "1", "--lr", "0.02", "--device", "cpu",
+           "--checkpoint_every_seconds", "0", "--quiet"]
+
+# A kill at a chosen write: ``os.replace`` is the last step of every file the package writes, so
+# killing the process just before it (a temporary file left, the old file in place) or just after
+# it (the new file in place, nothing after it written) covers every write.
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    target, occurrence, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    real_replace, seen = os.replace, [0]
+    def replace(src, dst):
+        hit = Path(dst).name == target and seen.__setitem__(0, seen[0] + 1) is None and seen[0] == occurrence
+        if hit and phase == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_replace(src, dst)
+        if hit:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace
+    from esapr.cli import main
+    sys.exit(main(sys.argv[4:]))
+""")
+
+
+def command(*args: str, kill: tuple | None = None) -> list[str]:
+    prefix = [sys.executable, "-c", KILLER, *map(str, kill)] if kill else [sys.executable, "-m", "esapr"]
+    return [*prefix, *map(str, args)]
+
+
+def cli(cwd: Path, *args: str, kill: tuple | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args, kill=kill), cwd=cwd, env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def run_together(cwd: Path, commands: dict[str, list[str]]) -> dict[str, subprocess.CompletedProcess]:
+    """Start every command at once (they take about as long as the slowest), then collect them."""
+    started = {name: subprocess.Popen(args, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for name, args in commands.items()}
+    done = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=600)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
+
+
+def train_args(name: str) -> list[str]:
+    return ["train", *OPTIONS, "--data_file", "ratings.csv", "--experiment_name", name]
+
+
+def folder_of(base: Path, name: str) -> Path:
+    return base / "experiments" / "ratings" / name
+
+
+def recovery(base: Path, name: str) -> list[str]:
+    """What a user does after a crash: --resume, or start again when there is nothing to resume."""
+    resume = ["--resume"] if (folder_of(base, name) / "models" / "recent_checkpoint.pth").is_file() else []
+    return [*train_args(name), *resume]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A data file with its prepared cache, and the uninterrupted run every recovery must equal."""
+    base = tmp_path_factory.mktemp("faults")
+    write_ratings_csv(base / "ratings.csv", n_users=50)
+    done = cli(base, *train_args("reference"))
+    assert done.returncode == 0, done.stderr
+    return base
+
+
+def results_of(folder: Path) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    return {key: results[key] for key in ("test", "best_epoch", "epochs")}
+
+
+# (file, occurrence, before/after the rename): the first write of each file, writes in the middle of
+# training (an improvement, a checkpoint, a log row), and the end of the run
+KILL_POINTS = [("config.json", 1, "before"), ("status", 1, "after"), ("train_log.csv", 1, "before"),
+               ("val_log.csv", 2, "after"), ("best_model.pth", 2, "before"), ("recent_checkpoint.pth", 2, "before"),
+               ("recent_checkpoint.pth", 3, "after"), ("test_ranks.csv", 1, "before"), ("results.json", 1, "after"),
+               ("status", 2, "before")]
+TWICE = "killed-twice"   # killed after epoch 3's log rows, then again inside the resume's rewrite of the log
+
+
+@pytest.fixture(scope="module")
+def killed_runs(workspace):
+    """Every kill point and its recovery, the runs of each phase side by side."""
+    names = {"killed-{}-{}-{}".format(*point): point for point in KILL_POINTS}
+    kills = {name: command(*train_args(name), kill=point) for name, point in names.items()}
+    kills[TWICE] = command(*train_args(TWICE), kill=("val_log.csv", 3, "after"))
+    first = run_together(workspace, kills)
+    second = run_together(workspace, {TWICE: command(*recovery(workspace, TWICE), kill=("train_log.csv", 1, "before"))})
+    recovered = run_together(workspace, {name: command(*recovery(workspace, name)) for name in kills})
+    return first, second, recovered
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=lambda p: "{}-{}-{}".format(*p))
+def test_a_kill_at_any_write_then_recovery_equals_the_uninterrupted_run(workspace, killed_runs, point):
+    name = "killed-{}-{}-{}".format(*point)
+    first, _, recovered = killed_runs
+    assert first[name].returncode == -9, first[name].stderr
+    assert recovered[name].returncode == 0, recovered[name].stderr
+    folder = folder_of(workspace, name)
+    assert results_of(folder) == results_of(folder_of(workspace, "reference"))
+    assert [int(r["epoch"]) for r in Experiment(folder).read_table("val_log")] == list(range(1, 5))
+    assert (folder / "status").read_text() == "finished\n"
+
+
+def test_a_kill_inside_a_resume_rewriting_the_logs(workspace, killed_runs):
+    first, second, recovered = killed_runs
+    assert first[TWICE].returncode == -9 and second[TWICE].returncode == -9
+    assert recovered[TWICE].returncode == 0, recovered[TWICE].stderr
+    folder = folder_of(workspace, TWICE)
+    assert results_of(folder) == results_of(folder_of(workspace, "reference"))
+    assert [int(r["epoch"]) for r in Experiment(folder).read_table("train_log")] == list(range(1, 5))
+
+
+def test_two_trainings_into_one_folder(workspace):
+    holder = FolderLock(folder_of(workspace, "busy"), "test")
+    holder.acquire()
+    try:
+        done = cli(workspace, *train_args("busy"))
+        listed = sorted(p.name for p in folder_of(workspace, "busy").iterdir())
+    finally:
+        holder.release()
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"is in use by another esapr process (pid {os.getpid()}" in done.stderr
+    assert listed == [".lock"] and not folder_of(workspace, "busy").exists()     # the holder made it, and removed it
+
+
+def test_concurrent_preparation_of_one_new_file(tmp_path):
+    write_ratings_csv(tmp_path / "ratings.csv", n_users=200)
+    runs = [start_cli(["data", "prepare", "--data_file", "ratings.csv", "--test_negative_sample_size", "50"],
+                      tmp_path) for _ in range(3)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    caches = {json.loads(out)["cache"] for out, _ in outputs}
+    assert len(caches) == 1
+    leftovers = [p.name for p in Path(tmp_path, caches.pop()).iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+# --- damaged files ------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def finished(workspace, tmp_path, monkeypatch):
+    """A copy of the finished reference run to damage (its paths are relative: work beside it)."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "experiments" / "ratings" / "reference"
+    shutil.copytree(workspace / "experiments" / "ratings" / "reference", folder)
+    shutil.copy(workspace / "ratings.csv", tmp_path / "ratings.csv")
+    return folder
+
+
+DAMAGE = {"empty": b"", "garbage": b"\x00\x01garbage" * 10, "html": b"<!DOCTYPE html><html>Not found</html>",
+          "truncated": None}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+@pytest.mark.parametrize("name", ["best_model.pth", "recent_checkpoint.pth"])
+def test_a_damaged_checkpoint_is_one_line_and_keeps_the_status(finished, kind, name, capsys):
+    path = finished / "models" / name
+    path.write_bytes(DAMAGE[kind] if DAMAGE[kind] is not None else path.read_bytes()[:500])
+    args = ["--experiment", str(finished)] if name == "best_model.pth" else \
+        [*OPTIONS, "--data_file", str(finished.parents[2] / "ratings.csv"), "--experiment_root",
+         str(finished.parents[1]), "--experiment_name", "reference", "--resume"]
+    assert main(["evaluate" if name == "best_model.pth" else "train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: " in err and ("--overwrite" in err or "--resume" in err), err
+    assert (finished / "status").read_text() == "finished\n"
+
+
+@pytest.mark.parametrize("name,content", [("config.json", "{not json"), ("config.json", ""),
+                                          ("results.json", "[1, 2]"), ("results.json", "\x00\x00")])
+def test_a_damaged_json_file_is_one_line(finished, name, content, capsys):
+    (finished / name).write_text(content)
+    commands = [["results", "--root", str(finished.parent)]]
+    if name == "config.json":
+        commands.append(["evaluate", "--experiment", str(finished)])
+    for command in commands:
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{finished / name}: damaged" in err, err
+
+
+def test_results_list_the_good_runs_and_name_the_damaged_ones(finished, capsys):
+    good = finished.parent / "good"
+    shutil.copytree(finished, good)
+    (finished / "config.json").write_text("{")
+    assert main(["results", "--root", str(finished.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "VAE_tw" in out and f"left out, unreadable: {finished / 'config.json'}: damaged" in out
+
+
+def test_a_partial_last_log_row_is_left_out(finished):
+    path = finished / "tables" / "val_log.csv"
+    text = path.read_text()
+    path.write_text(text + "5,0.1")                      # a row cut short by an older writer
+    rows = Experiment(finished).read_table("val_log")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 5))
+
+
+def test_a_failed_resume_of_a_finished_run_keeps_it_finished(finished, capsys):
+    (finished.parents[2] / "ratings.csv").write_text("user,item\n1,2\n")        # the data changed
+    args = [*OPTIONS, "--data_file", str(finished.parents[2] / "ratings.csv"), "--experiment_root",
+            str(finished.parents[1]), "--experiment_name", "reference", "--resume"]
+    assert main(["train", *args]) == 2
+    assert (finished / "status").read_text() == "finished\n"
+    assert "Traceback" not in capsys.readouterr().err
+
+
+# --- the data a run was trained on --------------------------------------------------------------------
+
+def test_evaluate_and_resume_refuse_other_data_whatever_its_size(finished, capsys):
+    data_file = finished.parents[2] / "ratings.csv"
+    lines = data_file.read_text().splitlines()
+    first_user, rest = lines[1].split(",")[0], lines[1].split(",", 1)[1]
+    data_file.write_text("\n".join([lines[0], f"{first_user},{rest.replace(rest.split(',')[0], '9999', 1)}",
+                                    *lines[2:]]) + "\n")      # same counts, one item id changed
+    assert main(["evaluate", "--experiment", str(finished)]) == 2
+    err = capsys.readouterr().err
+    assert "the prepared data differs from the data this run was trained on" in err and err.count("\n") == 1
+
+
+# --- paths, overwrite, messages -------------------------------------------------------------------------
+
+def test_overwrite_removes_the_old_run_only_once_the_new_one_is_ready(finished, capsys):
+    before = sorted(p.relative_to(finished) for p in finished.rglob("*"))
+    args = [*OPTIONS, "--data_file", str(finished.parents[2] / "missing.csv"), "--experiment_root",
+            str(finished.parents[1]), "--experiment_name", "reference", "--overwrite"]
+    assert main(["train", *args]) == 2
+    assert "missing.csv: file not found" in capsys.readouterr().err
+    assert sorted(p.relative_to(finished) for p in finished.rglob("*")) == before
+    assert (finished / "status").read_text() == "finished\n"
+
+
+def test_names_that_leave_the_root_are_refused(tmp_path):
+    for option, value in (("experiment_name", "../../x"), ("experiment_name", "/etc"), ("experiment_group", ".."),
+                          ("experiment_name", "a/b"), ("experiment_group", "x\\..")):
+        with pytest.raises(UserError, match=f"option '{option}'.*plain folder name"):
+            build_config(["train_vae"], {option: value, "experiment_root": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_and_overwrite_together_are_refused():
+    with pytest.raises(UserError, match="'resume' and option 'overwrite'"):
+        build_config(["train_vae"], {"resume": True, "overwrite": True})
+
+
+def test_a_run_killed_before_its_first_checkpoint_simply_starts_again(tmp_path):
+    write_ratings_csv(tmp_path / "ratings.csv", n_users=50)
+    config = build_config(["train_vae"], dict(data_file=str(tmp_path / "ratings.csv"), num_epochs=2, max_len=12,
+                                              encoder_hidden_layer=[16], encode_len=8, device="cpu",
+                                              local_data_folder=str(tmp_path / "data"),
+                                              experiment_root=str(tmp_path / "runs")))
+    folder = tmp_path / "runs" / "ratings" / "vae"
+    (folder / "models").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    (folder / "status").write_text("running\n")
+    with pytest.raises(UserError, match="stopped before its first checkpoint.*without --resume"):
+        train(build_config(["train_vae"], dict(config.to_dict(), resume=True)), progress="quiet")
+    assert train(config, progress="quiet")["epochs"] == 2
+
+
+def test_resume_names_only_the_options_that_differ(workspace, capsys):
+    name = "resume-message"
+    assert cli(workspace, *train_args(name), kill=("recent_checkpoint.pth", 2, "after")).returncode == -9
+    # a resume without the templates: the saved options are used, nothing is reported
+    plain = cli(workspace, "train", "--data_file", "ratings.csv", "--experiment_name", name, "--resume", "--quiet")
+    assert plain.returncode == 0, plain.stderr
+    assert results_of(folder_of(workspace, name)) == results_of(folder_of(workspace, "reference"))
+    changed = cli(workspace, *train_args(name), "--resume", "--lr", "0.03", "--dropout", "0.3")
+    assert changed.returncode == 2
+    assert "lr (saved 0.02, now 0.03), dropout (saved 0.5, now 0.3)" in changed.stderr
+    assert "train_window" not in changed.stderr
+
+
+# --- the environment ------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 1.5 MB tmpfs (needs root and mount; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_a_resumable_run(workspace, tiny_disk):
+    args = ["train", *OPTIONS, "--data_file", str(workspace / "ratings.csv"), "--experiment_root", str(tiny_disk),
+            "--local_data_folder", str(workspace / "data"), "--encoder_hidden_layer", "400", "--encode_len", "64"]
+    done = cli(workspace, *args)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "No space left on device; the disk is full" in done.stderr
+    folder = tiny_disk / "ratings" / "vae"
+    assert [p for p in folder.rglob("*.tmp")] == []
+    assert (folder / "status").read_text() == "interrupted\n"
+
+
+def test_a_read_only_experiment_root_is_one_line(workspace, tmp_path):
+    root = tmp_path / "readonly"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=100k", "tmpfs", str(root)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        done = cli(workspace, *train_args("vae"), "--experiment_root", str(root))
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "Read-only file system; the file system is read-only" in done.stderr
+
+
+def test_an_unreadable_data_file_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "ratings.csv"
+    folder.mkdir()                                   # a folder where a file should be (root reads anything)
+    assert main(["data", "stats", "--data_file", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ratings.csv" in err
+
+
+def test_the_package_itself_is_never_a_template_path(tmp_path, capsys):
+    assert main(["train", "--templates", "../templates/train_vae", "--experiment_root", str(tmp_path)]) == 2
+    assert "unknown template" in capsys.readouterr().err
+
