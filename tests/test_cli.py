@@ -125,3 +125,34 @@ def test_module_entry_point_runs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "esapr", "--help"], capture_output=True, text=True, cwd=REPO,
                           env=cli_env(), timeout=60)
     assert done.returncode == 0 and "commands:" in done.stdout and "compare" not in done.stderr
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `esapr ...` line of README's shell blocks, comments and redirections removed."""
+    import re
+    import shlex
+    text = (REPO / "README.md").read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#")[0].split(">")[0].split("&&")[-1].strip()
+            if line.startswith("esapr "):
+                lines.append(shlex.split(line))
+    return lines
+
+
+@pytest.mark.parametrize("words", readme_commands(), ids=lambda words: " ".join(words[1:4]))
+def test_readme_commands_are_accepted(words):
+    """Each command README shows parses: the command exists and its flags and options are valid."""
+    from esapr.cli import parse_options
+    from esapr.config import OPTIONS, build_config
+    if words[1] in ("--help", "-h"):
+        return
+    command = COMMANDS[words[1]]
+    argv = words[3:] if words[1] == "data" else words[2:]
+    overrides, flags = parse_options([a for a in argv if a not in ("--help", "-h")], extra=tuple(command.flags))
+    templates = overrides.pop("templates", None) or flags.pop("templates", None)
+    if command.option_groups is None or words[1] == "data":
+        build_config([templates] if isinstance(templates, str) else templates, overrides)
+    else:
+        assert all(OPTIONS[name].metadata["group"] in command.option_groups for name in overrides), overrides
