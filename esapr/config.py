@@ -76,7 +76,8 @@ class Config:
     resume: bool = _opt(False, "continue an interrupted run from its last checkpoint", group="run")
     overwrite: bool = _opt(False, "replace a finished experiment in the same folder", group="run")
     checkpoint_every_seconds: float = _opt(30.0, "write the resumable checkpoint at most this often (0: every "
-                                                 "epoch); the best model is saved at every improvement", group="run", valid=AT_LEAST_0)
+                                                 "epoch); the best model is saved at every improvement",
+                                           group="run", valid=AT_LEAST_0)
     pilot: bool = _opt(False, "smoke test: one epoch of one batch, then test", group="run")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"), group="run")
     amp: bool | None = _opt(None, "mixed precision (bf16, or fp16 with a scaler); default: on for CUDA", group="run")
@@ -86,29 +87,35 @@ class Config:
     data_url: str | None = _opt(None, "mirror URL (http(s) or Google Drive link) for the dataset", group="data")
     local_data_folder: str = _opt("./Data", "where raw data and caches live", group="data")
     min_rating: float = _opt(0, "keep interactions with rating >= this", group="data", valid=Range())
-    min_uc: int = _opt(5, "keep users with at least this many interactions (after item filter)", group="data", valid=AT_LEAST_0)
+    min_uc: int = _opt(5, "keep users with at least this many interactions (after item filter)",
+                       group="data", valid=AT_LEAST_0)
     min_sc: int = _opt(5, "keep items with at least this many interactions", group="data", valid=AT_LEAST_0)
     split: str = _opt("leave_one_out", "evaluation split", ("leave_one_out",), "data")
     # --- negatives ------------------------------------------------------------------------
     train_negative_sampler_code: str = _opt("random", "training negative pool sampler", ("random", "popular"), "negatives")
-    train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)", group="negatives", valid=AT_LEAST_0)
+    train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)",
+                                           group="negatives", valid=AT_LEAST_0)
     train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives", valid=AT_LEAST_0)
     test_negative_sampler_code: str = _opt("popular", "evaluation negative sampler", ("random", "popular"), "negatives")
     test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives", valid=AT_LEAST_1)
-    test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives", group="negatives", valid=AT_LEAST_0)
+    test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives",
+                                            group="negatives", valid=AT_LEAST_0)
     legacy_negatives: bool = _opt(False, "reproduce the original's per-user numpy draws exactly", group="negatives")
     # --- batches ---------------------------------------------------------------------------
-    dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives", group="batches", valid=AT_LEAST_0)
+    dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives",
+                                       group="batches", valid=AT_LEAST_0)
     train_batch_size: int = _opt(256, "training batch size", group="batches", valid=AT_LEAST_1)
     val_batch_size: int = _opt(256, "validation batch size", group="batches", valid=AT_LEAST_1)
     test_batch_size: int = _opt(256, "test batch size", group="batches", valid=AT_LEAST_1)
-    train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)", group="batches", valid=AT_LEAST_0)
+    train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)",
+                                    group="batches", valid=AT_LEAST_0)
     max_len: int = _opt(200, "window length", group="batches", valid=AT_LEAST_1)
     mask_prob: float = _opt(0.2, "BERT masking probability", group="batches", valid=Range(0, 1))
     weight_type: str = _opt("exp_stair", "VAE position weights", ("exp_stair", "exp", "linear", "constant"), "batches")
     weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches", valid=POSITIVE)
     aug_prob: float = _opt(0.0, "VAE input augmentation probability", group="batches", valid=Range(0, 1))
-    legacy_bag: bool = _opt(False, "VAE bag as the original: pad index 0 weighted in the input and the loss, repeats keep one weight", group="batches")
+    legacy_bag: bool = _opt(False, "VAE bag as the original: pad index 0 weighted in the input and the loss, repeats keep one weight",
+                            group="batches")
     # --- optimisation ----------------------------------------------------------------------
     optimizer: str = _opt("Adam", "optimizer", ("Adam", "SGD"), "train")
     lr: float = _opt(1e-3, "learning rate", group="train", valid=POSITIVE)
@@ -325,8 +332,8 @@ def resumed_config(saved: dict, requested: Config, path) -> Config:
     the request sets (to a value other than its default) that differs from the saved run is an
     error naming each such option with both values."""
     defaults = Config()
-    asked = [(name, before, now) for name, before, now in config_differences(saved, requested, RUN_ONLY | RESUME_MAY_SET)
-             if now != getattr(defaults, name)]
+    differences = config_differences(saved, requested, RUN_ONLY | RESUME_MAY_SET)
+    asked = [(name, before, now) for name, before, now in differences if now != getattr(defaults, name)]
     if asked:
         raise UserError(f"{path}: --resume with options that differ from the saved run: "
                         f"{describe_differences(asked)}; drop them to continue the run as it was, "
