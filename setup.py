@@ -13,6 +13,7 @@ setup(
         "torch>=2.6",
         "numpy>=1.24",
         "pandas>=2.0",
+        "scipy>=1.9",
         "matplotlib>=3.7",
         "tqdm>=4.60",
         "pyyaml>=6.0",

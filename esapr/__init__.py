@@ -6,12 +6,13 @@ The public API is small and imported lazily (torch and matplotlib load on first 
     load_experiment(path).recommend(user=1, k=10)            -> top-k DataFrame
     results_table(root)                                      -> DataFrame (experiments x metrics)
     plot_results_table(table, "table.png"), plot_curves(experiment_path, "curves.png")
+    compare(["train_vae", "train_sas"], seeds=[0, 1, 2], dataset_code="ml-100k")  -> Comparison
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["train", "load_experiment", "results_table", "plot_results_table", "plot_curves", "build_config",
-           "UserError"]
+__all__ = ["train", "compare", "load_experiment", "results_table", "plot_results_table", "plot_curves",
+           "build_config", "UserError"]
 
 from esapr.errors import UserError
 
@@ -21,6 +22,7 @@ _LAZY = {
     "plot_results_table": "esapr.results",
     "plot_curves": "esapr.results",
     "build_config": "esapr.config",
+    "compare": "esapr.compare",
 }
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from esapr.errors import UserError
+from esapr.progress import Progress
 
 DRIVE_MOUNTPOINT = "/content/drive"
 
@@ -97,48 +99,114 @@ def zip_experiment(path, destination) -> Path:
     return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
 
 
+NOTEBOOK_HINT = "set OVERWRITE = True to train it again, or choose another EXPERIMENT_NAME"
+
+
 def plan_run(config, overwrite: bool = False):
     """Decide what a notebook does with the chosen experiment folder. Returns (action, config):
 
     * ``start``: nothing there yet; train from scratch;
     * ``resume``: an unfinished run with a checkpoint; train with ``resume=True``;
-    * ``show``: a finished run; nothing to train (unless ``overwrite``);
+    * ``show``: a finished run with these options; nothing to train (unless ``overwrite``);
+    * ``extend``: a finished run that stopped at a lower epoch limit; continue it to the new one;
     * ``overwrite``: replace what is there (asked for, or an unfinished run without a checkpoint).
-    """
-    import dataclasses
 
-    from esapr.experiment import Experiment, experiment_path
+    A folder holding a run with other options (another dataset file, another option value) is
+    never shown or resumed as this one: a UserError names each option with both values."""
+    from esapr.compare import plan_run as _plan
 
-    experiment = Experiment(experiment_path(config))
-    status = experiment.status()
-    if status is None and not experiment.config_file.is_file():
-        return "start", dataclasses.replace(config, resume=False, overwrite=False)
-    if overwrite:
-        return "overwrite", dataclasses.replace(config, resume=False, overwrite=True)
-    if status == "finished":
-        return "show", config
-    if experiment.recent_checkpoint.is_file():
-        return "resume", dataclasses.replace(config, resume=True, overwrite=False)
-    return "overwrite", dataclasses.replace(config, resume=False, overwrite=True)
+    plan = _plan(config, overwrite, hint=NOTEBOOK_HINT)
+    return {"reuse": "show"}.get(plan.action, plan.action), plan.config
 
 
-def run_or_resume(config, overwrite: bool = False, progress: bool = True, data=None) -> dict:
-    """Train, resume an interrupted run, or read a finished one (see ``plan_run``); the results."""
+def run_or_resume(config, overwrite: bool = False, progress="auto", data=None) -> dict:
+    """Train, resume an interrupted run, extend a finished one to a raised NUM_EPOCHS, or read a
+    finished one (see ``plan_run``); the results."""
     from esapr.experiment import Experiment, experiment_path
     from esapr.training.trainer import train
 
     action, config = plan_run(config, overwrite)
     path = experiment_path(config)
+    limit = "early stopping" if config.num_epochs < 0 else f"{config.num_epochs} epochs"
     messages = {
         "start": f"Training a new run in {path}",
         "resume": f"Resuming the unfinished run in {path} from its last checkpoint",
-        "show": f"{path} holds a finished run; showing it (set OVERWRITE = True to train again)",
+        "show": f"{path} holds a finished run with these options; showing it (set OVERWRITE = True to train again)",
+        "extend": f"{path} holds a finished run that stopped at its epoch limit; continuing it to {limit}",
         "overwrite": f"Starting {path} again from scratch",
     }
     print(messages[action])
     if action == "show":
         return Experiment(path).read_results()
+    progress = NotebookProgress() if progress in ("auto", True) and _in_kernel() else progress
     return train(config, data=data, progress=progress)
+
+
+def _in_kernel() -> bool:
+    return "ipykernel" in sys.modules
+
+
+class NotebookProgress(Progress):
+    """Progress as ONE line of text redrawn in place (an updatable display), so the saved
+    notebook shows where the run ended ("training: 100%| 3/3 epochs ... best 0.27@3") rather than
+    a widget's first frame or one frozen bar per epoch. Messages are printed as plain lines."""
+
+    def __init__(self, every_seconds: float = 0.5):
+        super().__init__("lines")
+        self.every_seconds = every_seconds
+        self._handle = None
+        self._total = None
+        self._epoch = 0
+        self._started = 0.0
+        self._values: dict = {}
+        self._shown = 0.0
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+
+    def start_epochs(self, total, initial: int) -> None:
+        from IPython.display import display
+        self._total, self._epoch, self._started = total, initial, time.monotonic()
+        self._handle = display(_Text(self._text()), display_id=True)
+
+    def batches(self, iterable, total: int, desc: str):
+        for i, batch in enumerate(iterable, 1):
+            yield batch
+            if time.monotonic() - self._shown >= self.every_seconds:
+                self._show(f"{desc}: batch {i}/{total}")
+
+    def epoch_done(self, epoch: int, values: dict) -> None:
+        self._epoch, self._values = epoch, dict(values)
+        self._show("")
+
+    def close(self) -> None:
+        self._show("done")
+        self._handle = None
+
+    def _text(self, extra: str = "") -> str:
+        from tqdm import tqdm
+        elapsed = time.monotonic() - self._started
+        if self._total:
+            meter = tqdm.format_meter(self._epoch, self._total, elapsed, prefix="training", unit="epoch", ncols=60)
+        else:   # until early stopping: no total to measure against
+            meter = f"training: epoch {self._epoch} [{tqdm.format_interval(elapsed)}]"
+        values = "  ".join(f"{key} {value}" for key, value in self._values.items())
+        return "  ".join(part for part in (meter, values, extra) if part)
+
+    def _show(self, extra: str) -> None:
+        self._shown = time.monotonic()
+        if self._handle is not None:
+            self._handle.update(_Text(self._text(extra)))
+
+
+class _Text:
+    """A display object that is only text (no widget state to lose when the notebook is saved)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
 
 
 def _show_user_error(shell, etype, value, tb, tb_offset=None):

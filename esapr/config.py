@@ -322,25 +322,26 @@ def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{name} (saved {before!r}, now {now!r})" for name, before, now in differences)
 
 
-# what a resume may set besides the run-only options: where the data is now (its fingerprint is
-# checked) and how long the run goes on (the epochs already run do not depend on it)
-RESUME_MAY_SET = frozenset({"num_epochs", "data_file", "data_url"})
+# a resume runs for the epochs it is asked for (--num_epochs extends or caps a run; the epochs already
+# run do not depend on it), and may find the data elsewhere (its fingerprint is checked)
+RESUME_EPOCHS, RESUME_DATA = frozenset({"num_epochs"}), frozenset({"data_file", "data_url"})
 
 
 def resumed_config(saved: dict, requested: Config, path) -> Config:
-    """The saved run's options, with what a resume may change taken from the request. An option
-    the request sets (to a value other than its default) that differs from the saved run is an
-    error naming each such option with both values."""
+    """The saved run's options, with the run-only options and num_epochs from the request (and
+    the data's location where the request gives one). Another option the request sets (to a value
+    other than its default) that differs from the saved run is an error naming each such option
+    with both values."""
     defaults = Config()
-    differences = config_differences(saved, requested, RUN_ONLY | RESUME_MAY_SET)
+    differences = config_differences(saved, requested, RUN_ONLY | RESUME_EPOCHS | RESUME_DATA)
     asked = [(name, before, now) for name, before, now in differences if now != getattr(defaults, name)]
     if asked:
         raise UserError(f"{path}: --resume with options that differ from the saved run: "
                         f"{describe_differences(asked)}; drop them to continue the run as it was, "
                         f"or start a new experiment")
     options = {name: value for name, value in saved.items() if name in OPTIONS}
-    options.update({name: getattr(requested, name) for name in RUN_ONLY})
-    options.update({name: getattr(requested, name) for name in RESUME_MAY_SET
+    options.update({name: getattr(requested, name) for name in RUN_ONLY | RESUME_EPOCHS})
+    options.update({name: getattr(requested, name) for name in RESUME_DATA
                     if getattr(requested, name) != getattr(defaults, name)})
     return build_config(overrides=options, apply_templates=False)
 

@@ -103,12 +103,16 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
     """
     if split not in ("test", "val"):
         raise UserError(f"split must be test or val, got '{split}'")
-    records, paths, ranks = [], [], []
+    records, paths, ranks, unreadable = [], [], [], []
     for path in find_experiments(paths_or_root):
         experiment = Experiment(path)
-        config = experiment.read_config()
-        results = experiment.read_results() or {}
-        values = _metrics_of(experiment, results, split)
+        try:
+            config = experiment.read_config()
+            results = experiment.read_results() or {}
+            values = _metrics_of(experiment, results, split)
+        except UserError as error:     # one damaged folder must not hide the others
+            unreadable.append(str(error))
+            continue
         if not values:
             continue
         row = {k: float(v) for k, v in values.items() if k != "epoch" and v not in (None, "")}
@@ -116,7 +120,8 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
         paths.append(path)
         ranks.append(_model_rank(config))
     if not records:
-        raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}")
+        damaged = f"; unreadable: {unreadable[0]}" if unreadable else ""
+        raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}{damaged}")
     index = _unique_labels([(d, m, p) for d, m, p, _ in records])
     available = sorted({k for *_, row in records for k in row}, key=metric_sort_key)
     columns = list(metrics) if metrics is not None else available
@@ -129,6 +134,7 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
     frame = frame.iloc[order]
     frame.attrs["paths"] = [str(paths[i]) for i in order]
     frame.attrs["split"] = split
+    frame.attrs["unreadable"] = unreadable
     return frame
 
 
@@ -173,62 +179,144 @@ def _display_metric(name: str) -> str:
     return name.replace("full_", "full ")
 
 
+def run_info(path) -> dict:
+    """What a table needs to know about a run besides its metrics: epochs, best epoch, training
+    seconds, device, and whether it was a pilot or stopped at num_epochs before early stopping
+    ("capped": not converged)."""
+    experiment = Experiment(Path(path))
+    config = experiment.read_config()
+    results = experiment.read_results() or {}
+    epochs, limit = results.get("epochs"), config.get("num_epochs", -1)
+    return {"epochs": epochs, "best_epoch": results.get("best_epoch"), "train_seconds": results.get("train_seconds"),
+            "device": results.get("device"), "pilot": bool(config.get("pilot")),
+            "capped": bool(epochs is not None and limit is not None and 0 < limit <= int(epochs))}
+
+
+def format_seconds(seconds) -> str:
+    if seconds is None or pd.isna(seconds):
+        return "?"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _table_canvas(width: float, height: float):
+    """A figure whose data coordinates are inches from the top-left corner."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.axis("off")
+    return fig, ax
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> list[str]:
+    """Lines of ``text`` that fit ``width_in`` inches at ``fontsize`` (a conservative character width)."""
+    import textwrap
+    return textwrap.wrap(text, max(20, int(width_in * 72 / (fontsize * 0.6))))
+
+
+def _save(fig, path, dpi: int) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+
+
 def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: str | None = None):
     """A table figure laid out like the original README's result image; saved as PNG at ``path``.
 
-    Each value's Text artist has gid ``"cell|<dataset>|<model>|<metric>"``."""
-    from matplotlib.figure import Figure
-
+    Below the metrics, each run's epochs (best epoch) and training time, so a capped run (it hit
+    num_epochs before early stopping) or a pilot run is not read as a final result. Each value's
+    Text artist has gid ``"cell|<dataset>|<model>|<metric>"``."""
     if frame.empty:
         raise UserError("the results table is empty")
     columns = list(frame.index)
     datasets = list(dict.fromkeys(d for d, _ in columns))
     metrics = list(frame.columns)
     marks = highlight(frame)
-    label_w, cell_w, cell_h = 1.6, 1.05, 0.3
-    n_rows = len(metrics) + 2
-    fig = Figure(figsize=(label_w + cell_w * len(columns) + 0.2, cell_h * (n_rows + 1.6) + 0.4))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(-label_w / cell_w, len(columns) + 0.2 / cell_w)
-    ax.set_ylim(n_rows + 1.6, -0.3 - (0.6 if title else 0))
-    ax.axis("off")
-    if title:
-        ax.text(len(columns) / 2 - label_w / cell_w / 2, -0.45, title, ha="center", va="center", fontsize=11)
+    paths = frame.attrs.get("paths") or []
+    infos = [run_info(p) if Path(p).is_dir() else {} for p in paths] if len(paths) == len(columns) else []
+    names = [str(model).replace(" (", "\n(") for _, model in columns]   # "VAE_tw (vae_seed0)": two lines
+    longest = max(len(line) for name in names for line in name.splitlines())
+    label_w, cell_w, row_h, pad = 1.5, max(1.05, 0.07 * longest + 0.2), 0.3, 0.15
+    header_h = row_h * (1.6 if any("\n" in name for name in names) else 1)
+    width = max(label_w + cell_w * len(columns) + 2 * pad, 5.2)
+    cell_w = max(cell_w, min(1.6, (width - 2 * pad - label_w) / len(columns)))
+    split = frame.attrs.get("split", "test")
+    caption = (f"{split} split, one run per column. Bold: best VAE variant, italic: best overall (per dataset and "
+               f"metric). '-': not computed by that run (its metric_ks). 'capped': the run stopped at num_epochs "
+               f"before early stopping, so it may not have converged. For several seeds with intervals and "
+               f"paired tests use esapr compare.")
+    caption_lines = _wrap(caption, width - 2 * pad, 7.5)
+    title_lines = _wrap(title, width - 2 * pad, 11) if title else []
+    n_info = 2 if infos else 0
+    height = (pad + 0.3 * len(title_lines) + row_h * (1 + len(metrics) + n_info) + header_h + 0.1
+              + 0.16 * len(caption_lines) + pad)
+    fig, ax = _table_canvas(width, height)
+    x0 = pad + label_w
+    y = pad
+    for line in title_lines:
+        ax.text(width / 2, y + 0.15, line, ha="center", va="center", fontsize=11)
+        y += 0.3
     # header: dataset groups, then models
     start = 0
     for dataset in datasets:
         count = sum(1 for d, _ in columns if d == dataset)
-        ax.text(start + count / 2, 0.5, str(dataset), ha="center", va="center", fontsize=10, fontweight="bold")
-        ax.plot([start + 0.08, start + count - 0.08], [1.0, 1.0], color="black", lw=0.8)
+        ax.text(x0 + cell_w * (start + count / 2), y + row_h / 2, str(dataset), ha="center", va="center",
+                fontsize=10, fontweight="bold")
+        ax.plot([x0 + cell_w * start + 0.08, x0 + cell_w * (start + count) - 0.08], [y + row_h] * 2,
+                color="black", lw=0.8)
         if start > 0:
-            ax.plot([start, start], [0.1, n_rows], color="0.6", lw=0.6)
+            ax.plot([x0 + cell_w * start] * 2, [y + 0.05, y + header_h + row_h * (1 + len(metrics) + n_info)],
+                    color="0.6", lw=0.6)
         start += count
-    for j, (_, model) in enumerate(columns):
-        ax.text(j + 0.5, 1.5, str(model), ha="center", va="center", fontsize=8.5)
-    ax.plot([-label_w / cell_w, len(columns)], [2.0, 2.0], color="black", lw=1.0)
+    y += row_h
+    for j, name in enumerate(names):
+        ax.text(x0 + cell_w * (j + 0.5), y + header_h / 2, name, ha="center", va="center", fontsize=8.5,
+                linespacing=1.1)
+    y += header_h
+    right = x0 + cell_w * len(columns)
+    ax.plot([pad, right], [y, y], color="black", lw=1.0)
     previous_full = None
-    for i, metric in enumerate(metrics):
-        y = i + 2.5
+    for metric in metrics:
         full = metric.startswith("full_")
         if previous_full is not None and full != previous_full:
-            ax.plot([-label_w / cell_w, len(columns)], [y - 0.5, y - 0.5], color="0.4", lw=0.8)
+            ax.plot([pad, right], [y, y], color="0.4", lw=0.8)
         previous_full = full
-        ax.text(-label_w / cell_w + 0.1, y, _display_metric(metric), ha="left", va="center", fontsize=9)
+        ax.text(pad + 0.05, y + row_h / 2, _display_metric(metric), ha="left", va="center", fontsize=9)
         for j, (dataset, model) in enumerate(columns):
             value = frame.iloc[j][metric]
             bold, italic = marks[(dataset, model, metric)]
             text = "-" if pd.isna(value) else f"{value:.{digits}f}"
-            ax.text(j + 0.5, y, text, ha="center", va="center", fontsize=9,
+            ax.text(x0 + cell_w * (j + 0.5), y + row_h / 2, text, ha="center", va="center", fontsize=9,
                     fontweight="bold" if bold else "normal", fontstyle="italic" if italic else "normal",
                     gid=f"cell|{dataset}|{model}|{metric}")
-    ax.plot([-label_w / cell_w, len(columns)], [n_rows, n_rows], color="black", lw=1.0)
-    split = frame.attrs.get("split", "test")
-    ax.text(-label_w / cell_w + 0.1, n_rows + 0.8,
-            f"{split} split; bold: best VAE variant, italic: best overall (per dataset and metric)",
-            ha="left", va="center", fontsize=8, color="0.3")
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150)
+        y += row_h
+    if infos:
+        ax.plot([pad, right], [y, y], color="0.4", lw=0.8)
+        for label, key in (("epochs (best)", "epochs"), ("training time", "time")):
+            ax.text(pad + 0.05, y + row_h / 2, label, ha="left", va="center", fontsize=8.5, color="0.25")
+            for j, ((dataset, model), info) in enumerate(zip(columns, infos)):
+                if key == "epochs":
+                    text = f"{info.get('epochs', '?')} ({info.get('best_epoch', '?')})"
+                    text += " pilot" if info.get("pilot") else " capped" if info.get("capped") else ""
+                    color = "tab:red" if info.get("pilot") or info.get("capped") else "0.25"
+                else:
+                    text = f"{format_seconds(info.get('train_seconds'))}, {info.get('device') or '?'}"
+                    color = "0.25"
+                ax.text(x0 + cell_w * (j + 0.5), y + row_h / 2, text, ha="center", va="center", fontsize=7.5,
+                        color=color, gid=f"info|{key}|{dataset}|{model}")
+            y += row_h
+    ax.plot([pad, right], [y, y], color="black", lw=1.0)
+    y += 0.1
+    for line in caption_lines:
+        ax.text(pad, y + 0.08, line, ha="left", va="center", fontsize=7.5, color="0.3", gid="caption")
+        y += 0.16
+    _save(fig, path, 150)
     return fig
 
 
@@ -260,11 +348,13 @@ def plot_curves(path, png=None, metric: str | None = None):
     top.plot([best["epoch"]], [best[metric]], marker="*", color="tab:red", ms=12, ls="none",
              label=f"best {best[metric]:.4f} @ epoch {int(best['epoch'])}")
     bottom.plot(train["epoch"], train["loss"], color="tab:orange", lw=1.4, label="train loss")
+    stage_changes = 0
     if "recover_len" in train.columns:
         stages = train["recover_len"].to_numpy()
         epochs = train["epoch"].to_numpy()
         for i in range(1, len(stages)):
             if stages[i] != stages[i - 1]:
+                stage_changes += 1
                 x = epochs[i] - 0.5
                 for axis in (top, bottom):
                     axis.axvline(x, color="0.5", lw=0.8, ls=":")
@@ -278,9 +368,14 @@ def plot_curves(path, png=None, metric: str | None = None):
     bottom.legend(loc="upper right", fontsize=8)
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     results = experiment.read_results() or {}
-    stages_note = "; dotted lines: transfer stages (recover_len r)" if "recover_len" in train.columns else ""
-    fig.suptitle(f"{model_label(config)} on {_dataset_label(config, results)}  ({path.name}){stages_note}",
+    stages_note = "; dotted lines: transfer stages (recover_len r)" if stage_changes else ""
+    info = run_info(path)
+    status = ("; pilot run" if info["pilot"] else
+              f"; capped: stopped at num_epochs {info['epochs']} before early stopping" if info["capped"] else "")
+    fig.suptitle(f"{model_label(config)} on {_dataset_label(config, results)}  ({path.name}){stages_note}{status}",
                  fontsize=10)
     fig.tight_layout()
     if png is not None:
@@ -324,7 +419,8 @@ def plot_rank_distribution(path, png=None, k: int = 10):
         axis.hist(rank, bins=bins, color="tab:blue" if not prefix else "tab:purple", alpha=0.8)
         if top > 60:
             axis.set_xscale("symlog", linthresh=10)
-        axis.axvline(k - 0.5, color="tab:red", lw=1, ls="--")
+        axis.axvline(k - 0.5, color="tab:red", lw=1, ls="--", label=f"cut-off @{k}: ranks 0-{k - 1} are hits")
+        axis.legend(loc="upper right", fontsize=8)
         axis.set_xlabel(("rank among all unseen items" if prefix else "rank among the sampled candidates")
                         + " (0 = first)")
         axis.set_ylabel("test users")
@@ -336,6 +432,170 @@ def plot_rank_distribution(path, png=None, k: int = 10):
     if png is not None:
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png, dpi=120)
+    return fig
+
+
+def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, digits: int = 4):
+    """The figure of an ``esapr compare`` table: one column per model; the full-ranking block
+    first, then the sampled block, each cell the mean ± std over seeds with the 95 % bootstrap
+    interval under it; the best model per metric bold on green, models not significantly worse
+    than it on pale green; then each model's seeds, epochs (best), training time and device
+    (capped runs in red); a caption saying how to read it, and the runs left out.
+
+    Artists carry gids: ``cell|<protocol>|<model>|<metric>`` (the mean text), ``shade|...``
+    (the background of a best or tied cell), ``info|<row>|<model>``, ``caption``, ``left_out``."""
+    from matplotlib.patches import Rectangle
+
+    from esapr.compare import ALPHA, DISPLAY_METRICS
+
+    table, models = comparison.table, comparison.models
+    available = list(dict.fromkeys(table["metric"]))
+    metrics = [m for m in (metrics or DISPLAY_METRICS) if m in available] or available[:4]
+    labels = list(models["model"])
+    label_w, cell_w, pad = 1.9, 1.55, 0.15
+    width = max(pad * 2 + label_w + cell_w * len(labels), 7.0)
+    cell_w = min(2.2, (width - 2 * pad - label_w) / len(labels))   # a few models: wider cells
+    inner = width - 2 * pad
+    seeds = " ".join(map(str, comparison.settings.get("seeds", [])))
+    title = (f"{comparison.dataset}: {comparison.n_users} test users" + (f", seeds {seeds}" if seeds else "")
+             + "; mean ± std over seeds, [95% interval]"
+             + ("; PILOT runs (one batch per epoch): a smoke test, not results" if comparison.settings.get("pilot")
+                else ""))
+    title_lines = _wrap(title, inner, 10.5)
+    caption = (f"Each cell: mean over seeds ± standard deviation between seeds; below, the 95% interval of a "
+               f"bootstrap over test users and seeds. Bold on green: the best model for that metric; pale green: "
+               f"not significantly worse than it (two-sided Wilcoxon signed-rank test on per-user values averaged "
+               f"over seeds, Holm-corrected across models, p >= {ALPHA}); white: significantly worse. "
+               f"All runs rank the same candidates for the same test users. 'capped' (red): runs that reached "
+               f"num_epochs before early stopping, so they may not have converged.")
+    caption_lines = _wrap(caption, inner, 7.5)
+    left = comparison.left_out_lines()
+    left_lines = _wrap("Left out (not finished runs): " + "; ".join(left), inner, 7.5) if left else []
+    head_h, block_h, row_h, info_h, line_h = 0.5, 0.34, 0.5, 0.27, 0.16
+    info_rows = ("seeds", "epochs (best)", "training time per run", "device")
+    blocks = list(comparison.protocols)
+    height = (pad + 0.28 * len(title_lines) + head_h + len(blocks) * (block_h + row_h * len(metrics))
+              + block_h + info_h * len(info_rows) + 0.12 + line_h * (len(caption_lines) + len(left_lines)) + pad)
+    fig, ax = _table_canvas(width, height)
+    x0 = pad + label_w
+    right = x0 + cell_w * len(labels)
+    y = pad
+    for line in title_lines:
+        ax.text(pad, y + 0.14, line, ha="left", va="center", fontsize=10.5, gid="title")
+        y += 0.28
+    capped = dict(zip(models["model"], models["capped"]))
+    for j, row in enumerate(models.itertuples()):
+        x = x0 + cell_w * (j + 0.5)
+        ax.text(x, y + 0.17, str(row.model), ha="center", va="center", fontsize=9.5, fontweight="bold")
+        ax.text(x, y + 0.37, str(row.template), ha="center", va="center", fontsize=7, color="0.35")
+    y += head_h
+    ax.plot([pad, right], [y, y], color="black", lw=1.0)
+    for protocol in blocks:
+        ax.text(pad + 0.03, y + block_h / 2 + 0.02, comparison.protocols[protocol], ha="left", va="center",
+                fontsize=9, fontweight="bold", color="0.15", gid=f"block|{protocol}")
+        y += block_h
+        block = table[table["protocol"] == protocol]
+        for metric in metrics:
+            ax.text(pad + 0.12, y + row_h / 2, metric, ha="left", va="center", fontsize=9)
+            for j, model in enumerate(labels):
+                cell = block[(block["metric"] == metric) & (block["model"] == model)]
+                if cell.empty:
+                    continue
+                cell = cell.iloc[0]
+                x = x0 + cell_w * j
+                if cell["mark"] in ("best", "tied"):
+                    ax.add_patch(Rectangle((x + 0.03, y + 0.03), cell_w - 0.06, row_h - 0.06, lw=0,
+                                           facecolor="#b9e4b9" if cell["mark"] == "best" else "#e6f5e6",
+                                           gid=f"shade|{protocol}|{model}|{metric}"))
+                std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.{digits}f}"
+                ax.text(x + cell_w / 2, y + 0.18, f"{cell['mean']:.{digits}f}{std}", ha="center", va="center",
+                        fontsize=9, fontweight="bold" if cell["mark"] == "best" else "normal",
+                        gid=f"cell|{protocol}|{model}|{metric}")
+                ax.text(x + cell_w / 2, y + 0.37, f"[{cell['ci_low']:.{digits}f}, {cell['ci_high']:.{digits}f}]",
+                        ha="center", va="center", fontsize=7, color="0.3", gid=f"ci|{protocol}|{model}|{metric}")
+            y += row_h
+        ax.plot([pad, right], [y, y], color="0.5", lw=0.7)
+    ax.text(pad + 0.03, y + block_h / 2 + 0.02, "Training", ha="left", va="center", fontsize=9, fontweight="bold",
+            color="0.15")
+    y += block_h
+    for name in info_rows:
+        ax.text(pad + 0.12, y + info_h / 2, name, ha="left", va="center", fontsize=8.5, color="0.2")
+        for j, row in enumerate(models.itertuples()):
+            color = "0.2"
+            if name == "seeds":
+                text = f"{row.seeds}: {row.seed_list}"
+            elif name == "epochs (best)":
+                text = f"{_span(row.epoch_list)} ({_span(row.best_epoch_list)})"
+                if capped[row.model]:
+                    text += f", capped {capped[row.model]}/{row.seeds}"
+                    color = "tab:red"
+            elif name == "training time per run":
+                text = format_seconds(row.train_seconds)
+            else:
+                text = str(row.device)
+            ax.text(x0 + cell_w * (j + 0.5), y + info_h / 2, text, ha="center", va="center", fontsize=8,
+                    color=color, gid=f"info|{name}|{row.model}")
+        y += info_h
+    ax.plot([pad, right], [y, y], color="black", lw=1.0)
+    y += 0.12
+    for line in caption_lines:
+        ax.text(pad, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color="0.3", gid="caption")
+        y += line_h
+    for line in left_lines:
+        ax.text(pad, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color="tab:red", gid="left_out")
+        y += line_h
+    _save(fig, png, 150)
+    return fig
+
+
+def _span(values: str) -> str:
+    """'3 3 3' -> '3'; '31 40 35' -> '31-40' (the range over seeds)."""
+    numbers = [int(float(v)) for v in str(values).split() if v not in ("None", "nan")]
+    if not numbers:
+        return "?"
+    low, high = min(numbers), max(numbers)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def plot_compare_curves(comparison, png=None, metric: str = "NDCG@10"):
+    """Each model's validation ``metric`` per epoch, one panel per model, one line per seed, the
+    best epoch of each seed starred: how far each run got and whether it was still improving."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    models = comparison.models
+    n = len(models)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    runs = {}
+    for outcome in comparison.runs:
+        if outcome.included:
+            runs.setdefault(outcome.template, []).append(outcome)
+    for axis, row in zip(axes.flat, models.itertuples()):
+        for i, outcome in enumerate(runs.get(row.template, [])):
+            val = pd.DataFrame(Experiment(outcome.path).read_table("val_log")).apply(pd.to_numeric, errors="coerce")
+            if val.empty or metric not in val.columns:
+                continue
+            color = f"C{i % 10}"
+            axis.plot(val["epoch"], val[metric], color=color, lw=1.2, label=f"seed {outcome.seed}")
+            best = val.loc[val[metric].idxmax()]
+            axis.plot([best["epoch"]], [best[metric]], marker="*", ms=9, color=color, ls="none")
+        capped = f", capped {row.capped}/{row.seeds}" if row.capped else ""
+        axis.set_title(f"{row.model} ({row.template}){capped}", fontsize=9, color="tab:red" if row.capped else "black")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+    for axis in axes.flat[n:]:
+        axis.set_visible(False)
+    for axis in axes[:, 0]:
+        axis.set_ylabel(f"validation {metric}")
+    fig.suptitle(f"{comparison.dataset}: validation {metric} per epoch (star: the epoch whose weights were tested)",
+                 fontsize=10)
+    fig.tight_layout()
+    _save(fig, png, 120)
     return fig
 
 
@@ -359,6 +619,8 @@ def cmd_results(argv: list[str]) -> int:
         raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
     frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))
     print(format_table(frame, digits))
+    for problem in frame.attrs["unreadable"]:
+        print(f"left out, unreadable: {problem}")
     if flags.get("png"):
         plot_results_table(frame, flags["png"], digits=digits)
         print(f"table figure: {flags['png']}")

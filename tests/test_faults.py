@@ -289,7 +289,8 @@ def test_resume_names_only_the_options_that_differ(workspace, capsys):
     name = "resume-message"
     assert cli(workspace, *train_args(name), kill=("recent_checkpoint.pth", 2, "after")).returncode == -9
     # a resume without the templates: the saved options are used, nothing is reported
-    plain = cli(workspace, "train", "--data_file", "ratings.csv", "--experiment_name", name, "--resume", "--quiet")
+    plain = cli(workspace, "train", "--data_file", "ratings.csv", "--experiment_name", name, "--resume", "--quiet",
+                "--num_epochs", "4")
     assert plain.returncode == 0, plain.stderr
     assert results_of(folder_of(workspace, name)) == results_of(folder_of(workspace, "reference"))
     changed = cli(workspace, *train_args(name), "--resume", "--lr", "0.03", "--dropout", "0.3")

@@ -20,14 +20,25 @@ TINY = {"max_len": 16, "train_window": 2, "train_batch_size": 64, "val_batch_siz
         "test_negative_sample_size": 20, "saturation_wait_epochs": 1}
 
 
-def execute(path: Path, cwd: Path, timeout: int = 240):
+def execute(path: Path, cwd: Path, timeout: int = 240, allow_errors: bool = False):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout, allow_errors=allow_errors,
                                      resources={"metadata": {"path": str(cwd)}})
     client.execute()
     return nb
+
+
+def cell_text(nb, title: str) -> str:
+    """The outputs (stdout, stderr, displays, errors) of the code cell whose title holds ``title``."""
+    cell = next(c for c in nb.cells if c.cell_type == "code" and title in c.source.splitlines()[0])
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.extend(str(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+        parts.append(output.get("evalue", ""))
+    return "\n".join(parts)
 
 
 def text_of(nb) -> str:
@@ -70,12 +81,19 @@ def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
     assert (experiment / "status").read_text().strip() == "finished"
     results = json.loads((experiment / "results.json").read_text())
     assert results["epochs"] == 2
-    for png in (root / "results_table.png", experiment / "curves.png"):
+    for png in (root / "ratings" / "results_table.png", experiment / "curves.png"):
         assert png.read_bytes()[:4] == b"\x89PNG", png
     assert (root / "ratings-vae.zip").stat().st_size > 1000
     out = text_of(nb)
     assert "Training a new run" in out and "Not running in Colab" in out
     assert "top-10 for user 1" in out and "NDCG@10" in out
+    # progress reads in the saved notebook: one text line redrawn in place, ending at the last epoch,
+    # not a widget's first frame ("0%") or one frozen bar per epoch
+    train = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("#@title Train"))
+    bars = [o for o in train.outputs if o.output_type in ("display_data", "update_display_data")]
+    assert len(bars) == 1 and "application/vnd.jupyter.widget-view+json" not in bars[0]["data"]
+    assert bars[0]["data"]["text/plain"].startswith("training: 100%|") and "2/2" in bars[0]["data"]["text/plain"]
+    assert "capped: stopped at NUM_EPOCHS = 2" in cell_text(nb, "Train")
 
 
 def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
@@ -83,27 +101,88 @@ def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
     experiment = base / "experiments" / "ratings" / "vae"
     before = (experiment / "models" / "best_model.pth").stat().st_mtime_ns
     nb = execute(REPO / "ESAPR.ipynb", base)
-    assert "holds a finished run; showing it" in text_of(nb)
+    assert "holds a finished run with these options; showing it" in text_of(nb)
     assert (experiment / "models" / "best_model.pth").stat().st_mtime_ns == before
+
+
+def test_esapr_notebook_refuses_a_folder_with_other_options(esapr_run, monkeypatch):
+    """An option changed in the form after a finished run: the run is not shown as the new one."""
+    base, _ = esapr_run
+    monkeypatch.setenv("ESAPR_NB_OVERRIDES", json.dumps({**TINY, "lr": 0.01}))
+    nb = execute(REPO / "ESAPR.ipynb", base, allow_errors=True)
+    train = cell_text(nb, "Train")
+    assert "holds a finished run with other options: lr (saved 0.005, now 0.01)" in train
+    assert "set OVERWRITE = True" in train
+    assert "showing it" not in train and "test metrics of" not in train
+
+
+def test_esapr_notebook_another_dataset_trains_its_own_run(esapr_run, monkeypatch):
+    """DATA_FILE switched after a finished run: a new folder (the dataset is part of it), a new run,
+    and the results table holds only that dataset's runs."""
+    base, _ = esapr_run
+    other = write_ratings_csv(base / "other.csv", n_users=70, n_items=40, seed=3)
+    monkeypatch.setenv("ESAPR_NB_DATA_FILE", str(other))
+    monkeypatch.setenv("ESAPR_NB_EPOCHS", "1")
+    nb = execute(REPO / "ESAPR.ipynb", base)
+    assert f"Training a new run in {base / 'experiments' / 'other' / 'vae'}" in cell_text(nb, "Train")
+    assert json.loads((base / "experiments" / "other" / "vae" / "results.json").read_text())["epochs"] == 1
+    table = cell_text(nb, "Results table")
+    assert "other" in table and "ratings" not in table
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
     base, _ = esapr_run
-    monkeypatch.setenv("ESAPR_NB_COMPARE_TEMPLATES", "train_vae_net,train_vae_tr,train_vae,train_bert")
+    monkeypatch.setenv("ESAPR_NB_TEMPLATES", "train_vae_net,train_vae_tr")
+    monkeypatch.setenv("ESAPR_NB_SEEDS", "0,1")
+    monkeypatch.setenv("ESAPR_NB_GROUP", "compare")
     monkeypatch.setenv("ESAPR_NB_EXPERIMENT", str(base / "experiments" / "ratings" / "vae"))
     nb = execute(notebook, base)
     out = text_of(nb)
     if notebook.stem == "compare_models":
         group = base / "experiments" / "compare"
-        assert (group / "comparison_table.png").read_bytes()[:4] == b"\x89PNG"
-        for name in ("vae_net", "vae_tr", "vae", "bert"):
-            assert (group / name / "curves.png").is_file(), name
-            assert (group / name / "status").read_text().strip() == "finished"
+        for name in ("comparison.png", "comparison_curves.png"):
+            assert (group / name).read_bytes()[:4] == b"\x89PNG", name
+        for name in ("vae_net_seed0", "vae_net_seed1", "vae_tr_seed0", "vae_tr_seed1"):
+            assert (group / name / "status").read_text().strip() == "finished", name
+        saved = json.loads((group / "comparison.json").read_text())
+        assert [m["model"] for m in saved["models"]] == ["VAE_net", "VAE_tr"]
+        assert "Full ranking" in out and "Popularity-sampled (20 popular negatives)" in out
     if notebook.stem == "inspect_experiment":
         experiment = base / "experiments" / "ratings" / "vae"
         assert (experiment / "rank_distribution.png").read_bytes()[:4] == b"\x89PNG"
         assert "the top-10" in out
+
+
+def test_esapr_notebook_raised_epochs_extend_the_finished_run(esapr_run, monkeypatch):
+    """NUM_EPOCHS raised after a capped run: the run continues from its checkpoint (as
+    esapr train --resume --num_epochs 3), it does not start again nor show the old numbers.
+    (Last of the notebook runs: the folder now has 3 epochs.)"""
+    base, _ = esapr_run
+    experiment = base / "experiments" / "ratings" / "vae"
+    monkeypatch.setenv("ESAPR_NB_EPOCHS", "3")
+    nb = execute(REPO / "ESAPR.ipynb", base)
+    assert "stopped at its epoch limit; continuing it to 3 epochs" in cell_text(nb, "Train")
+    assert json.loads((experiment / "results.json").read_text())["epochs"] == 3
+    assert json.loads((experiment / "config.json").read_text())["num_epochs"] == 3
+    epochs = [line.split(",")[0] for line in (experiment / "tables" / "val_log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]
+
+
+def test_notebooks_that_train_check_the_gpu_and_read_the_documented_variables():
+    nbformat = pytest.importorskip("nbformat")
+    for path in [REPO / "ESAPR.ipynb", *NOTEBOOKS]:
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        text = "\n".join(code)
+        if any(call in text for call in ("run_or_resume(", "esapr.compare(", "esapr.train(")):
+            titles = [c.splitlines()[0].lower() for c in code]
+            gpu = next((i for i, t in enumerate(titles) if "gpu" in t), None)
+            install = next(i for i, t in enumerate(titles) if "install" in t)
+            assert gpu is not None and gpu < install, path.name
+        assert "COMPARE_TEMPLATES" not in text, path.name    # README documents ESAPR_NB_TEMPLATES
+    settings = nbformat.read(REPO / "notebooks" / "compare_models.ipynb", as_version=4).cells[1].source
+    for name in ("TEMPLATES", "SEEDS", "DATASET", "DATA_FILE", "EPOCHS", "OVERRIDES", "EXPERIMENT_ROOT"):
+        assert f'_env("{name}"' in settings, name
 
 
 def test_notebook_lists_every_step_as_a_titled_form_cell():
@@ -170,7 +249,7 @@ def test_plan_run_decides_start_resume_show_overwrite(tmp_path):
     folder = tmp_path / "ml-1m" / "run"
     assert plan_run(_config(tmp_path))[0] == "start"
     (folder / "models").mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps(_config(tmp_path).to_dict()))
     (folder / "status").write_text("running\n")
     assert plan_run(_config(tmp_path))[0] == "overwrite"          # unfinished, nothing to resume from
     (folder / "models" / "recent_checkpoint.pth").write_bytes(b"x")

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -195,3 +196,67 @@ def test_cli_results_reads_experiments_by_default(root, monkeypatch, capsys):
     monkeypatch.chdir(root / "experiments")
     assert main(["results"]) == 2
     assert "experiments: no such folder" in capsys.readouterr().err
+
+
+# --- figure fixes: runs' epochs in the table, whole captions, integer epochs, labelled cut-off --------
+def _set_config(path: Path, **values) -> None:
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, **values}))
+
+
+def _inside(fig) -> None:
+    """Every text of the figure lies inside it (nothing cut off at the edges)."""
+    fig.canvas.draw()
+    width = fig.get_window_extent().width
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_text() and text.get_visible():
+            box = text.get_window_extent()
+            assert box.x0 >= -0.5 and box.x1 <= width + 0.5, text.get_text()
+
+
+def test_plot_results_table_shows_epochs_capped_and_pilot_runs(tmp_path):
+    capped = make_experiment(tmp_path, "capped", "train_vae", "vae", "ml-a", metrics(0.3, 0.5, 0.1))
+    _set_config(capped, num_epochs=3)                      # 3 epochs of 3: stopped by the limit
+    pilot = make_experiment(tmp_path, "pilot", "train_bert", "bert", "ml-a", metrics(0.1, 0.2, 0.0))
+    _set_config(pilot, pilot=True)
+    done = make_experiment(tmp_path, "done", "train_sas", "sas", "ml-a", metrics(0.2, 0.4, 0.05))
+    _set_config(done, num_epochs=50)                       # stopped early at 3 of 50
+    fig = plot_results_table(results_table(tmp_path))
+    info = {t.get_gid(): t.get_text() for t in fig.findobj(matplotlib.text.Text)
+            if (t.get_gid() or "").startswith("info|")}
+    assert info["info|epochs|ml-a|VAE_tw"] == "3 (2) capped"
+    assert info["info|epochs|ml-a|BERT4Rec"] == "3 (2) pilot"
+    assert info["info|epochs|ml-a|SASRec"] == "3 (2)"
+    assert info["info|time|ml-a|SASRec"] == "3 s, ?"
+    _inside(fig)
+
+
+def test_one_column_table_keeps_its_caption_whole(root):
+    fig = plot_results_table(results_table(root / "group" / "vae"), title="one run of ESAPR on a small dataset")
+    caption = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_gid() == "caption")
+    assert "italic: best overall" in caption and caption.endswith("use esapr compare.")
+    _inside(fig)
+
+
+def test_curves_have_whole_epochs_and_no_stage_note_without_stages(tmp_path):
+    train_rows = [{"epoch": e, "loss": 10 - e, "lr": 0.001, "seconds": 1, "recover_len": 8} for e in (1, 2, 3)]
+    path = make_experiment(tmp_path, "vae_net", "train_vae_net", "vae", "ml-a", metrics(0.3, 0.5, 0.1),
+                           train_rows=train_rows)
+    _set_config(path, num_epochs=3)
+    fig = plot_curves(path)
+    title = fig.texts[0].get_text()
+    assert "transfer stages" not in title and "capped" in title
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[1].get_xticks() if 1 <= t <= 3]
+    assert ticks == [1, 2, 3]
+
+
+def test_rank_distribution_labels_the_cut_off(tmp_path):
+    from esapr.experiment import Experiment
+    from esapr.results import plot_rank_distribution
+    path = make_experiment(tmp_path, "vae", "train_vae", "vae", "ml-a", metrics(0.3, 0.5, 0.1))
+    Experiment(path).write_ranks(np.arange(1, 7), np.array([0, 3, 9, 10, 40, 99]), np.array([0, 30, 90, 100, 400, 999]))
+    fig = plot_rank_distribution(path, k=10)
+    for axis in fig.axes:
+        labels = [t.get_text() for t in axis.get_legend().get_texts()]
+        assert labels == ["cut-off @10: ranks 0-9 are hits"]

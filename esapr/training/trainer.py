@@ -254,7 +254,8 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
     with experiment.lock():
         experiment.check_can_train(config)
         if config.resume:
-            config = resumed_config(experiment.read_config(), config, experiment.path)
+            saved = experiment.read_config()
+            config = resumed_config(saved, config, experiment.path)
         data = data or prepare_data(config)
         if config.resume:
             experiment.check_data(data.fingerprint)
@@ -262,6 +263,8 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
         progress.line(trainer.summary(experiment))
         if config.resume:
             trainer.resume_from(experiment)
+            if saved.get("num_epochs") != config.num_epochs:      # extended or capped: the limit it runs with
+                experiment.write_config(config, {k: v for k, v in saved.items() if k not in config.to_dict()})
         else:
             experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions,
                                       "data_fingerprint": data.fingerprint})

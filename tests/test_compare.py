@@ -1,0 +1,443 @@
+"""esapr compare: statistics on hand-made per-user tables with known answers, the paired test
+against scipy, the runner's reuse / resume / extension, stale-run refusals, the CLI and the figure."""
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+import esapr
+from esapr import compare as compare_module
+from esapr.cli import main
+from esapr.colab import plan_run as notebook_plan
+from esapr.compare import (Comparison, RunOutcome, aggregate, bootstrap_interval, compare, compare_models, holm,
+                           metric_values, paired_p_value, plan_run, plan_runs, protocol_label)
+from esapr.config import build_config
+from esapr.errors import UserError
+from esapr.experiment import Experiment
+from esapr.results import plot_comparison
+from tests.synthetic import write_ratings_csv
+from tests.test_notebooks import TINY
+
+matplotlib.use("Agg")
+
+
+# --- statistics: hand-made tables -------------------------------------------------------------------
+def test_metric_values_follow_the_trainer_definitions():
+    ranks = np.array([0, 1, 4, 9, 10, 50])
+    assert np.allclose(metric_values(ranks, "NDCG@10"), [1, 1 / np.log2(3), 1 / np.log2(6), 1 / np.log2(11), 0, 0])
+    assert list(metric_values(ranks, "Recall@5")) == [1, 1, 1, 0, 0, 0]
+    assert np.allclose(metric_values(ranks, "MRR"), 1 / (ranks + 1))
+    with pytest.raises(UserError, match="unknown metric"):
+        metric_values(ranks, "HR@x")
+
+
+def test_bootstrap_interval_known_answers():
+    # no variation at all: the interval is the value
+    assert bootstrap_interval(np.full((3, 50), 0.25)) == (0.25, 0.25)
+    # two seeds whose users all score 0 and 1: a resample of seeds averages to 0, 0.5 or 1 with
+    # probabilities 1/4, 1/2, 1/4, so the 2.5 and 97.5 percentiles are exactly 0 and 1
+    assert bootstrap_interval(np.stack([np.zeros(40), np.ones(40)])) == (0.0, 1.0)
+    # one seed: the user bootstrap of a mean of 0/1 values follows the normal approximation
+    rng = np.random.default_rng(1)
+    hits = (rng.random(2000) < 0.3).astype(float)
+    low, high = bootstrap_interval(hits, n_boot=4000)
+    half = 1.96 * hits.std() / np.sqrt(len(hits))
+    assert low == pytest.approx(hits.mean() - half, abs=0.004) and high == pytest.approx(hits.mean() + half, abs=0.004)
+    # the same seed, the same interval (the figure and the CSV agree run after run)
+    assert bootstrap_interval(hits, seed=3) == bootstrap_interval(hits, seed=3)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(previous, 1 x 0.04)
+    assert np.allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    assert np.allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    assert np.allclose(holm([0.2]), [0.2])
+
+
+def test_paired_test_is_scipys_wilcoxon_and_marks_follow_it():
+    rng = np.random.default_rng(0)
+    best = rng.random(200)
+    worse = best - 0.05 - 0.01 * rng.random(200)        # every user lower: clearly worse
+    noise = rng.normal(0, 0.05, 100)
+    tied = best - np.concatenate([noise, -noise])         # symmetric differences: no evidence
+    assert paired_p_value(best, worse) == wilcoxon(best - worse).pvalue
+    assert paired_p_value(best, tied) == wilcoxon(best - tied).pvalue
+    assert paired_p_value(best, best) == 1.0                # nothing tells them apart
+    stats = {s.model: s for s in compare_models({"A": best[None], "B": worse[None], "C": tied[None]})}
+    assert stats["A"].mark == "best" and np.isnan(stats["A"].p_value)
+    assert stats["B"].mark == "worse" and stats["B"].p_holm < 1e-10
+    assert stats["C"].mark == "tied" and stats["C"].p_holm > 0.5
+    raw = [wilcoxon(best - worse).pvalue, wilcoxon(best - tied).pvalue]
+    assert [stats["B"].p_holm, stats["C"].p_holm] == pytest.approx(list(holm(raw)))
+
+
+def test_compare_models_mean_std_over_seeds():
+    # seed means 0.5 and 0.7 (users 1/0 patterns): mean 0.6, sample std 0.1414
+    a = np.array([[1, 0] * 5, [1, 1, 1, 0, 1, 0, 1, 0, 1, 1]], dtype=float)
+    b = np.array([[0] * 10], dtype=float)
+    stats = {s.model: s for s in compare_models({"a": a, "b": b})}
+    assert stats["a"].mean == pytest.approx(0.6) and stats["a"].std == pytest.approx(np.sqrt(0.02))
+    assert stats["a"].seeds == 2 and stats["b"].seeds == 1 and np.isnan(stats["b"].std)
+    assert stats["b"].ci_low == stats["b"].ci_high == 0.0
+    assert stats["a"].ci_low < 0.6 < stats["a"].ci_high
+
+
+def fake_run(root: Path, template: str, seed: int, ranks, full_ranks, epochs=3, num_epochs=3, status="finished",
+             users=None) -> RunOutcome:
+    """An experiment folder without training: config, results, status and per-user ranks."""
+    config = build_config([template], {"experiment_root": str(root), "experiment_group": "g", "num_epochs": num_epochs,
+                                       "experiment_name": f"{template}_seed{seed}"})
+    experiment = Experiment(root / "g" / config.experiment_name)
+    experiment.start(config, {"n_users": len(ranks)})
+    users = np.arange(1, len(ranks) + 1) if users is None else users
+    experiment.write_ranks(users, np.asarray(ranks), np.asarray(full_ranks))
+    results = {"test": {"NDCG@10": 0.0}, "epochs": epochs, "best_epoch": epochs - 1, "train_seconds": 10.0 * seed + 5,
+               "device": "cpu", "dataset": "hand"}
+    experiment.write_results(results)
+    experiment.set_status(status)
+    return RunOutcome(template, seed, experiment.path, "finished" if status == "finished" else status,
+                      results=results if status == "finished" else None, capped=epochs >= num_epochs)
+
+
+def test_aggregate_hand_made_rank_tables(tmp_path):
+    # 4 users. Model A (2 seeds): sampled ranks [0,0,5,20] and [0,3,20,20] -> Recall@1 0.5 and 0.25.
+    # Model B (1 seed): [20,20,20,0] -> Recall@1 0.25. The full ranks are 10x the sampled ones.
+    a0 = fake_run(tmp_path, "train_vae", 0, [0, 0, 5, 20], [0, 0, 50, 200])
+    a1 = fake_run(tmp_path, "train_vae", 1, [0, 3, 20, 20], [0, 30, 200, 200])
+    b0 = fake_run(tmp_path, "train_bert", 0, [20, 20, 20, 0], [200, 200, 200, 0], epochs=2)
+    gone = fake_run(tmp_path, "train_bert", 1, [0, 0, 0, 0], [0, 0, 0, 0], status="running")
+    result = aggregate([a0, a1, b0, gone], {"train_vae": "VAE_tw", "train_bert": "BERT4Rec"})
+    table = result.table.set_index(["protocol", "metric", "model"])
+    assert list(result.protocols) == ["full", "sampled"]
+    assert table.loc[("sampled", "Recall@1", "VAE_tw"), "mean"] == pytest.approx(0.375)
+    assert table.loc[("sampled", "Recall@1", "VAE_tw"), "std"] == pytest.approx(np.std([0.5, 0.25], ddof=1))
+    assert table.loc[("sampled", "Recall@1", "BERT4Rec"), "mean"] == pytest.approx(0.25)
+    expected = np.mean([np.mean([1, 1, 1 / np.log2(7), 0]), np.mean([1, 1 / np.log2(5), 0, 0])])
+    assert table.loc[("sampled", "NDCG@10", "VAE_tw"), "mean"] == pytest.approx(expected)
+    assert table.loc[("sampled", "NDCG@10", "VAE_tw"), "mark"] == "best"
+    assert table.loc[("full", "Recall@5", "VAE_tw"), "mean"] == pytest.approx(0.375)   # 2 of 4 | 1 of 4
+    assert table.loc[("full", "MRR", "BERT4Rec"), "mean"] == pytest.approx((3 / 201 + 1) / 4)
+    models = result.models.set_index("model")
+    assert models.loc["VAE_tw", "seeds"] == 2 and models.loc["VAE_tw", "train_seconds"] == pytest.approx(10.0)
+    assert models.loc["VAE_tw", "capped"] == 2 and models.loc["BERT4Rec", "capped"] == 0
+    assert [r.path.name for r in result.left_out] == ["train_bert_seed1"]
+    assert result.n_users == 4 and result.dataset == "hand"
+    # runs on other users cannot be paired
+    other = fake_run(tmp_path / "x", "train_vae", 2, [0, 0, 0, 0], [0, 0, 0, 0], users=np.array([1, 2, 3, 9]))
+    with pytest.raises(UserError, match="cannot be paired"):
+        aggregate([a0, other], {"train_vae": "VAE_tw"})
+
+
+def test_protocol_labels_name_the_sampling():
+    assert protocol_label("full").startswith("Full ranking")
+    assert protocol_label("sampled", "popular", 100) == ("Popularity-sampled (100 popular negatives, "
+                                                          "the original paper's protocol)")
+    assert protocol_label("sampled", "random", 100) == "Uniform-sampled (100 random negatives)"
+
+
+# --- the runner on tiny data -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("compare")
+    data = write_ratings_csv(base / "ratings.csv", n_users=60, n_items=40)
+    options = {**TINY, "data_file": str(data), "local_data_folder": str(base / "data"), "device": "cpu",
+               "num_epochs": 2, "train_negative_sample_size": 10, "saturation_wait_epochs": 10}   # capped, not stopped
+    return base, options
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    """Two templates x two seeds, trained once for the tests below (copy the root to change it)."""
+    base, options = tiny
+    root = base / "root"
+    result = compare(["train_vae_net", "train_sas"], seeds=[0, 1], experiment_root=str(root), progress="quiet",
+                     say=lambda *a: None, **options)
+    return root, options, result
+
+
+def test_compare_trains_each_template_and_seed_into_its_folder(trained):
+    root, options, result = trained
+    assert [(o.template, o.seed, o.action, o.state) for o in result.runs] == [
+        ("train_vae_net", 0, "trained", "finished"), ("train_vae_net", 1, "trained", "finished"),
+        ("train_sas", 0, "trained", "finished"), ("train_sas", 1, "trained", "finished")]
+    for outcome in result.runs:
+        saved = Experiment(outcome.path).read_config()
+        assert outcome.path.parent == root / "ratings"
+        # one seed sets every training seed; the evaluation negatives stay fixed; one set of metric_ks
+        assert {saved[k] for k in ("model_init_seed", "dataloader_random_seed", "train_negative_sampling_seed")} == \
+            {outcome.seed}
+        assert saved["test_negative_sampling_seed"] == 98765 and saved["metric_ks"] == [1, 5, 10, 20, 50, 100]
+        assert outcome.capped     # 2 epochs, no early stop
+    # the table's means are the runs' own test metrics (paired per-user values reproduce them)
+    table = result.table.set_index(["protocol", "metric", "model"]).sort_index()
+    for protocol, prefix in (("sampled", ""), ("full", "full_")):
+        for metric in ("NDCG@10", "Recall@100", "MRR"):
+            runs = [Experiment(o.path).read_results()["test"][prefix + metric] for o in result.runs[2:]]
+            assert table.loc[(protocol, metric, "SASRec"), "mean"] == pytest.approx(np.mean(runs))
+    assert set(table.loc[("sampled", "NDCG@10"), "mark"]) <= {"best", "tied", "worse"}
+    for kind in ("csv", "json", "png"):
+        assert result.files[kind] == root / "ratings" / f"comparison.{kind}" and result.files[kind].is_file()
+    saved = json.loads(result.files["json"].read_text())
+    assert saved["protocols"]["sampled"].startswith("Popularity-sampled (20 popular") and len(saved["runs"]) == 4
+    csv = pd.read_csv(result.files["csv"])
+    assert {"protocol", "metric", "model", "mean", "std", "ci_low", "ci_high", "p_holm", "mark", "epochs",
+            "best_epoch", "train_seconds", "device", "capped"} <= set(csv.columns)
+    assert list(dict.fromkeys(csv["protocol"])) == ["full", "sampled"]
+
+
+def test_second_compare_reuses_every_run(trained):
+    root, options, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("best_model.pth")}
+    again = compare(["train_vae_net", "train_sas"], seeds=[0, 1], experiment_root=str(root), progress="quiet",
+                    say=lambda *a: None, **options)
+    assert [o.action for o in again.runs] == ["reused"] * 4
+    assert before == {p: p.stat().st_mtime_ns for p in root.rglob("best_model.pth")}
+
+
+def test_compare_resumes_unfinished_and_extends_a_raised_epoch_limit(trained, tmp_path):
+    root, options, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    folder = copy / "ratings" / "vae_net_seed1"
+    Experiment(folder).set_status("interrupted")
+    result = compare(["train_vae_net"], seeds=[0, 1], experiment_root=str(copy), progress="quiet",
+                     say=lambda *a: None, **options)
+    assert [o.action for o in result.runs] == ["reused", "resumed"]
+    assert Experiment(folder).status() == "finished"
+    # raising num_epochs extends the finished runs (as esapr train --resume --num_epochs 3)
+    result = compare(["train_vae_net"], seeds=[0, 1], experiment_root=str(copy), progress="quiet",
+                     say=lambda *a: None, **{**options, "num_epochs": 3})
+    assert [o.action for o in result.runs] == ["extended", "extended"]
+    for outcome in result.runs:
+        assert outcome.results["epochs"] == 3 and Experiment(outcome.path).read_config()["num_epochs"] == 3
+        assert [int(r["epoch"]) for r in Experiment(outcome.path).read_table("val_log")] == [1, 2, 3]
+    again = compare(["train_vae_net"], seeds=[0, 1], experiment_root=str(copy), progress="quiet",
+                    say=lambda *a: None, **{**options, "num_epochs": 3})
+    assert [o.action for o in again.runs] == ["reused", "reused"]
+
+
+def test_stale_runs_are_refused_with_both_values(trained, tiny, tmp_path):
+    root, options, _ = trained
+    base, _ = tiny
+    config = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root)})[0].config
+    assert plan_run(config).action == "reuse"
+    # another option
+    changed = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "lr": 0.01})[0].config
+    with pytest.raises(UserError) as error:
+        plan_run(changed)
+    message = str(error.value)
+    assert "vae_net_seed0 holds a finished run with other options: lr (saved 0.005, now 0.01)" in message
+    assert "--overwrite" in message and "\n" not in message
+    assert plan_run(changed, overwrite=True).action == "overwrite"
+    # another dataset: its own folder by default, and refused where the folder is shared
+    other = write_ratings_csv(tmp_path / "other.csv", n_users=50, n_items=40, seed=1)
+    moved = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "data_file": str(other)})
+    assert moved[0].path == root / "other" / "vae_net_seed0" and plan_run(moved[0].config).action == "start"
+    shared = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "data_file": str(other),
+                                                "experiment_group": "ratings"})[0].config
+    with pytest.raises(UserError, match=r"data_file \(saved '.*ratings.csv', now '.*other.csv'\)"):
+        plan_run(shared)
+    # fewer epochs than the run already has
+    fewer = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "num_epochs": 1})[0].config
+    with pytest.raises(UserError, match="more than num_epochs 1"):
+        plan_run(fewer)
+    # the notebook's wording
+    with pytest.raises(UserError, match="set OVERWRITE = True"):
+        notebook_plan(changed)
+    higher = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "num_epochs": 4})[0].config
+    action, planned = notebook_plan(higher)
+    assert action == "extend" and planned.resume and planned.num_epochs == 4
+    assert notebook_plan(config) == ("show", config)
+
+
+def test_a_run_that_stopped_early_is_reused_for_any_higher_limit(tmp_path):
+    outcome = fake_run(tmp_path, "train_vae", 0, [0, 1], [0, 1], epochs=7, num_epochs=50)
+    config = build_config(["train_vae"], {"experiment_root": str(tmp_path), "experiment_group": "g",
+                                          "experiment_name": outcome.path.name, "num_epochs": 80})
+    assert plan_run(config).action == "reuse"
+    assert plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": -1})).action == "reuse"
+    assert plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 7})).action == "reuse"
+    with pytest.raises(UserError, match="more than num_epochs 6"):
+        plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 6}))
+
+
+def test_a_run_extended_by_hand_is_judged_by_its_epochs(tmp_path):
+    """esapr train --resume --num_epochs 10 on a run saved with num_epochs 3 (config.json keeps 3):
+    asking for 3 epochs must not reuse the 10-epoch run."""
+    outcome = fake_run(tmp_path, "train_vae", 0, [0, 1], [0, 1], epochs=10, num_epochs=3)
+    config = build_config(["train_vae"], {"experiment_root": str(tmp_path), "experiment_group": "g",
+                                          "experiment_name": outcome.path.name, "num_epochs": 3})
+    with pytest.raises(UserError, match="a finished run of 10 epochs, more than num_epochs 3; ask for num_epochs 10"):
+        plan_run(config)
+    assert plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 10})).action == "reuse"
+    with pytest.raises(UserError, match="no checkpoint to extend to 12"):
+        plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 12}))
+    (outcome.path / "models" / "recent_checkpoint.pth").write_bytes(b"x")
+    plan = plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 12}))
+    assert plan.action == "extend" and plan.config.resume and plan.config.num_epochs == 12
+
+
+def _options(config):
+    return {k: getattr(config, k) for k in ("experiment_root", "experiment_group", "experiment_name")}
+
+
+def test_a_failed_run_is_left_out_and_listed(trained, tmp_path, monkeypatch):
+    root, options, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    shutil.rmtree(copy / "ratings" / "sas_seed1")
+    import esapr.training.trainer as trainer
+
+    def broken(config, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)\nmore")
+    monkeypatch.setattr(trainer, "train", broken)
+    result = compare(["train_vae_net", "train_sas"], seeds=[0, 1], experiment_root=str(copy), progress="quiet",
+                     say=lambda *a: None, **options)
+    assert [(o.path.name, o.state, o.note) for o in result.left_out] == [
+        ("sas_seed1", "failed", "CUDA out of memory (simulated)")]
+    assert result.models.set_index("model").loc["SASRec", "seeds"] == 1
+    texts = [t.get_text() for t in plot_comparison(result).findobj(matplotlib.text.Text) if t.get_gid() == "left_out"]
+    assert "failed (CUDA out of memory (simulated)): sas_seed1" in " ".join(texts)
+
+
+# --- CLI and API ------------------------------------------------------------------------------------------
+def cli_args(options: dict) -> list[str]:
+    args = []
+    for name, value in options.items():
+        args += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return args
+
+
+def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tiny, tmp_path, capsys):
+    base, options = tiny
+    root = tmp_path / "root"
+    args = ["compare", "--templates", "train_vae_net", "--seeds", "3", "4", "--experiment_root", str(root),
+            *cli_args(options)]
+    assert main(args + ["--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not root.exists()                                 # a dry run writes nothing
+    assert len(lines) == 3 and lines[0].startswith("esapr train --templates train_vae_net ")
+    assert "--experiment_name vae_net_seed3 --model_init_seed 3 --dataloader_random_seed 3 " \
+           "--train_negative_sampling_seed 3" in lines[0]
+    assert lines[2].startswith("# afterwards: esapr compare --templates train_vae_net --seeds 3 4 ")
+    assert lines[2].endswith("--aggregate_only")
+    # a scheduler runs the first command; aggregating lists the other as not trained yet
+    assert main(lines[0].split()[1:] + ["--quiet"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--aggregate_only"]) == 0
+    out = capsys.readouterr().out
+    assert "left out:\n  missing (not trained yet): vae_net_seed4" in out
+    assert (root / "ratings" / "comparison.png").is_file()
+    # again as a dry run: the finished one is reused, the other still to train
+    assert main(args + ["--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# ") and lines[0].endswith("finished (2 epochs), reused")
+    assert lines[1].startswith("esapr train ") and "--experiment_name vae_net_seed4" in lines[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "compare needs templates"),
+    (["--templates", "train_vae", "--seeds", "x"], "--seeds expects whole numbers, got 'x'"),
+    (["--templates", "train_vae", "--seeds", "1", "1"], "a seed is named twice"),
+    (["--templates", "train_vae", "--model_init_seed", "3"], "compare sets model_init_seed itself"),
+    (["--templates", "train_vae", "--experiment_name", "x"], "compare sets experiment_name itself"),
+    (["--templates", "train_vae", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--templates", "train_vea"], "unknown template 'train_vea' (did you mean 'train_vae'?)"),
+    (["--templates", "train_vae", "--lrr", "1"], "unknown option 'lrr' (did you mean 'lr'?)"),
+])
+def test_cli_compare_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("esapr: error: ") and err.count("\n") == 1 and message in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_help_lists_compare(capsys):
+    assert main(["--help"]) == 0
+    assert "compare" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--seeds" in out and "--jobs" in out and "--dry_run" in out and "--aggregate_only" in out
+
+
+def test_esapr_compare_is_callable_from_the_package():
+    assert callable(esapr.compare) and callable(compare_module)
+    assert "compare" in esapr.__all__
+
+
+# --- the figure --------------------------------------------------------------------------------------------
+def test_plot_comparison_marks_best_and_tied_blocks_in_order(tmp_path):
+    rows = []
+    for protocol in ("full", "sampled"):
+        for model, mean, mark in (("VAE_tw", 0.30, "best"), ("SASRec", 0.29, "tied"), ("VAE_net", 0.20, "worse")):
+            rows.append({"protocol": protocol, "metric": "NDCG@10", "model": model, "mean": mean, "std": 0.01,
+                         "ci_low": mean - 0.02, "ci_high": mean + 0.02, "seeds": 2, "p_value": 0.5, "p_holm": 0.5,
+                         "mark": mark})
+    models = pd.DataFrame([{"model": m, "template": t, "seeds": 2, "seed_list": "0 1", "epochs": e, "epoch_list": el,
+                            "best_epoch": 2.0, "best_epoch_list": "2 2", "train_seconds": 125.0, "device": "cpu",
+                            "capped": c, "paths": ""}
+                           for m, t, e, el, c in (("VAE_tw", "train_vae", 3.0, "3 3", 2),
+                                                  ("SASRec", "train_sas", 30.0, "25 35", 0),
+                                                  ("VAE_net", "train_vae_net", 9.0, "9 9", 0))])
+    comparison = Comparison(pd.DataFrame(rows), models, [], {"full": protocol_label("full"),
+                                                            "sampled": protocol_label("sampled", "random", 100)},
+                            "ml-100k", 943, {"seeds": [0, 1]})
+    png = tmp_path / "t.png"
+    fig = plot_comparison(comparison, png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    texts = {t.get_gid(): t for t in fig.findobj(matplotlib.text.Text) if t.get_gid()}
+    best = texts["cell|full|VAE_tw|NDCG@10"]
+    assert best.get_text() == "0.3000 ± 0.0100" and best.get_fontweight() in ("bold", 700)
+    assert texts["cell|sampled|SASRec|NDCG@10"].get_fontweight() not in ("bold", 700)
+    assert texts["ci|full|VAE_net|NDCG@10"].get_text() == "[0.1800, 0.2200]"
+    shades = {p.get_gid() for p in fig.findobj(matplotlib.patches.Rectangle) if (p.get_gid() or "").startswith("shade")}
+    assert shades == {f"shade|{p}|{m}|NDCG@10" for p in ("full", "sampled") for m in ("VAE_tw", "SASRec")}
+    # full ranking is the first block, the uniform-sampled block below it
+    assert texts["block|full"].get_position()[1] < texts["block|sampled"].get_position()[1]
+    assert texts["block|sampled"].get_text() == "Uniform-sampled (100 random negatives)"
+    assert texts["info|epochs (best)|VAE_tw"].get_text() == "3 (2), capped 2/2"
+    assert texts["info|epochs (best)|SASRec"].get_text() == "25-35 (2)"
+    assert texts["info|training time per run|SASRec"].get_text() == "2.1 min"
+    # the caption is whole: every line inside the figure (measured on a figure not yet saved at 150 dpi)
+    fig = plot_comparison(comparison)
+    fig.canvas.draw()
+    width = fig.get_window_extent().width
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_text():
+            box = text.get_window_extent()
+            assert box.x0 >= 0 and box.x1 <= width + 0.5, text.get_text()
+
+
+def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, monkeypatch):
+    """--jobs N: N ``esapr train`` processes at once, each with cores // N threads, its output in a log."""
+    base, options = tiny
+    runs = plan_runs(["train_vae_net"], [0, 1, 2], {**options, "experiment_root": str(tmp_path)})
+    started, running = [], []
+
+    class FakeProcess:
+        def __init__(self, argv, stdout, env, **kwargs):
+            started.append((argv, env["OMP_NUM_THREADS"]))
+            running.append(self)
+            self.returncode = None
+            stdout.write("esapr: error: simulated\n")
+
+        def poll(self):
+            assert len(running) <= 2            # never more than --jobs at once
+            running.remove(self)
+            self.returncode = 2
+            return 2
+
+    monkeypatch.setattr(compare_module.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(compare_module.os, "cpu_count", lambda: 8)
+    outcomes = compare_module.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, log_folder=tmp_path / "logs",
+                                      say=lambda *a: None)
+    assert [threads for _, threads in started] == ["4", "4", "4"]
+    assert started[0][0][1:4] == ["-m", "esapr", "train"] and "--experiment_name" in started[0][0]
+    assert [(o.state, o.note) for o in outcomes] == [("failed", "exit 2: esapr: error: simulated")] * 3
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"ratings-vae_net_seed{i}.log" for i in range(3)]
