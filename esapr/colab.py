@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from esapr.errors import UserError
-from esapr.progress import Progress
 
 DRIVE_MOUNTPOINT = "/content/drive"
 
@@ -138,75 +136,7 @@ def run_or_resume(config, overwrite: bool = False, progress="auto", data=None) -
     print(messages[action])
     if action == "show":
         return Experiment(path).read_results()
-    progress = NotebookProgress() if progress in ("auto", True) and _in_kernel() else progress
     return train(config, data=data, progress=progress)
-
-
-def _in_kernel() -> bool:
-    return "ipykernel" in sys.modules
-
-
-class NotebookProgress(Progress):
-    """Progress as ONE line of text redrawn in place (an updatable display), so the saved
-    notebook shows where the run ended ("training: 100%| 3/3 epochs ... best 0.27@3") rather than
-    a widget's first frame or one frozen bar per epoch. Messages are printed as plain lines."""
-
-    def __init__(self, every_seconds: float = 0.5):
-        super().__init__("lines")
-        self.every_seconds = every_seconds
-        self._handle = None
-        self._total = None
-        self._epoch = 0
-        self._started = 0.0
-        self._values: dict = {}
-        self._shown = 0.0
-
-    def line(self, text: str) -> None:
-        print(text, flush=True)
-
-    def start_epochs(self, total, initial: int) -> None:
-        from IPython.display import display
-        self._total, self._epoch, self._started = total, initial, time.monotonic()
-        self._handle = display(_Text(self._text()), display_id=True)
-
-    def batches(self, iterable, total: int, desc: str):
-        for i, batch in enumerate(iterable, 1):
-            yield batch
-            if time.monotonic() - self._shown >= self.every_seconds:
-                self._show(f"{desc}: batch {i}/{total}")
-
-    def epoch_done(self, epoch: int, values: dict) -> None:
-        self._epoch, self._values = epoch, dict(values)
-        self._show("")
-
-    def close(self) -> None:
-        self._show("done")
-        self._handle = None
-
-    def _text(self, extra: str = "") -> str:
-        from tqdm import tqdm
-        elapsed = time.monotonic() - self._started
-        if self._total:
-            meter = tqdm.format_meter(self._epoch, self._total, elapsed, prefix="training", unit="epoch", ncols=60)
-        else:   # until early stopping: no total to measure against
-            meter = f"training: epoch {self._epoch} [{tqdm.format_interval(elapsed)}]"
-        values = "  ".join(f"{key} {value}" for key, value in self._values.items())
-        return "  ".join(part for part in (meter, values, extra) if part)
-
-    def _show(self, extra: str) -> None:
-        self._shown = time.monotonic()
-        if self._handle is not None:
-            self._handle.update(_Text(self._text(extra)))
-
-
-class _Text:
-    """A display object that is only text (no widget state to lose when the notebook is saved)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 def _show_user_error(shell, etype, value, tb, tb_offset=None):

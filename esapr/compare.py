@@ -663,7 +663,7 @@ def compare(templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS
         outcomes = [_outcome(run, plan=plan) for run, plan in zip(runs, plans)]
     else:
         start = time.perf_counter()
-        outcomes = run_all(runs, plans, jobs, _progress(progress), prefix.parent / "compare_logs", say)
+        outcomes = run_all(runs, plans, jobs, progress, prefix.parent / "compare_logs", say)
         trained = sum(o.action != "reused" for o in outcomes)
         say(f"{len(outcomes) - trained} run(s) reused, {trained} trained in {time.perf_counter() - start:.0f} s")
     settings = {"templates": templates, "seeds": seeds, "options": {k: v for k, v in runs[0].options.items()
@@ -678,14 +678,6 @@ def compare(templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS
     comparison = aggregate(outcomes, _labels(runs), protocols, settings)
     write_comparison(comparison, prefix, metrics)
     return comparison
-
-
-def _progress(progress: Any) -> Any:
-    """In a notebook, progress that still reads in the saved notebook; elsewhere as given."""
-    if progress == "auto" and "ipykernel" in sys.modules:
-        from esapr.colab import NotebookProgress
-        return NotebookProgress()
-    return progress
 
 
 def cmd_compare(argv: list[str]) -> int:

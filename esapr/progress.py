@@ -1,9 +1,10 @@
-"""What a run shows while it trains: redrawn bars on a terminal or in a notebook, one plain line
-per epoch when the output is a file or a pipe (a log file never fills with escape codes), and
-nothing but errors when quiet."""
+"""What a run shows while it trains: redrawn bars on a terminal, one plain line per epoch when the
+output is a file or a pipe (a log file never fills with escape codes), nothing but errors when
+quiet, and in a notebook one line of text redrawn in place (``NotebookProgress``)."""
 from __future__ import annotations
 
 import sys
+import time
 from typing import Iterable, Iterator
 
 MODES = ("auto", "bar", "lines", "quiet")
@@ -55,11 +56,81 @@ class Progress:
             self._bar = None
 
 
+def make_progress(mode) -> "Progress":
+    """A Progress as asked (an instance is kept); "auto" (or True) in a notebook is one line of
+    text redrawn in place, which still reads in the saved notebook."""
+    if isinstance(mode, Progress):
+        return mode
+    if mode in ("auto", True) and "ipykernel" in sys.modules:
+        return NotebookProgress()
+    return Progress(mode)
+
+
 def _interactive(stream) -> bool:
-    """A terminal, or a notebook (where tqdm.auto draws widgets)."""
-    if "ipykernel" in sys.modules:
-        return True
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class NotebookProgress(Progress):
+    """Progress as ONE line of text redrawn in place (an updatable display), so the saved
+    notebook shows where the run ended ("training: 100%| 3/3 epochs ... best 0.27@3") rather than
+    a widget's first frame or one frozen bar per epoch. Messages are printed as plain lines."""
+
+    def __init__(self, every_seconds: float = 0.5):
+        super().__init__("lines")
+        self.every_seconds = every_seconds
+        self._handle = None
+        self._total = None
+        self._epoch = 0
+        self._started = 0.0
+        self._values: dict = {}
+        self._shown = 0.0
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+
+    def start_epochs(self, total, initial: int) -> None:
+        from IPython.display import display
+        self._total, self._epoch, self._started = total, initial, time.monotonic()
+        self._handle = display(_Text(self._text()), display_id=True)
+
+    def batches(self, iterable, total: int, desc: str):
+        for i, batch in enumerate(iterable, 1):
+            yield batch
+            if time.monotonic() - self._shown >= self.every_seconds:
+                self._show(f"{desc}: batch {i}/{total}")
+
+    def epoch_done(self, epoch: int, values: dict) -> None:
+        self._epoch, self._values = epoch, dict(values)
+        self._show("")
+
+    def close(self) -> None:
+        self._show("done")
+        self._handle = None
+
+    def _text(self, extra: str = "") -> str:
+        from tqdm import tqdm
+        elapsed = time.monotonic() - self._started
+        if self._total:
+            meter = tqdm.format_meter(self._epoch, self._total, elapsed, prefix="training", unit="epoch", ncols=60)
+        else:   # until early stopping: no total to measure against
+            meter = f"training: epoch {self._epoch} [{tqdm.format_interval(elapsed)}]"
+        values = "  ".join(f"{key} {value}" for key, value in self._values.items())
+        return "  ".join(part for part in (meter, values, extra) if part)
+
+    def _show(self, extra: str) -> None:
+        self._shown = time.monotonic()
+        if self._handle is not None:
+            self._handle.update(_Text(self._text(extra)))
+
+
+class _Text:
+    """A display object that is only text (no widget state to lose when the notebook is saved)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text

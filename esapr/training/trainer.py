@@ -20,7 +20,7 @@ from esapr.data.prepare import PreparedData, prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
 from esapr.models import DataInfo, build_model
-from esapr.progress import Progress
+from esapr.progress import Progress, make_progress
 from esapr.registry import family
 from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks
 
@@ -70,7 +70,7 @@ class Trainer:
     def __init__(self, config: Config, data: PreparedData, progress: Progress | bool | str = True):
         self.config = config
         self.data = data
-        self.progress = progress if isinstance(progress, Progress) else Progress(progress)
+        self.progress = make_progress(progress)
         self.device = resolve_device(config.device)
         self.info = data_info(data)
         self.model = build_model(config, self.info).to(self.device)
@@ -249,7 +249,7 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
     The process holds the experiment folder's lock throughout. The folder's files are touched
     only once the data is prepared and the model is built, so a run that fails before that
     leaves no folder and replaces no earlier run."""
-    progress = progress if isinstance(progress, Progress) else Progress(progress)
+    progress = make_progress(progress)
     experiment = Experiment(experiment_path(config))
     with experiment.lock():
         experiment.check_can_train(config)
