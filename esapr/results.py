@@ -610,6 +610,8 @@ def cmd_results(argv: list[str]) -> int:
                         "[--metrics NDCG@10 Recall@10 ...] [--digits 4]")
     root = flags.get("root", "experiments")
     roots = root if isinstance(root, list) else [root]
+    if "root" not in flags and not Path(root).is_dir():
+        raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
     metrics = flags.get("metrics")
     if isinstance(metrics, str):
         metrics = metrics.replace(",", " ").split()

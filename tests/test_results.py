@@ -195,7 +195,7 @@ def test_cli_results_reads_experiments_by_default(root, monkeypatch, capsys):
     assert capsys.readouterr().out.splitlines()[1].split()[1] == "BERT4Rec"
     monkeypatch.chdir(root / "experiments")
     assert main(["results"]) == 2
-    assert "experiments: no such folder" in capsys.readouterr().err
+    assert "no ./experiments folder here (esapr results reads it by default); pass --root" in capsys.readouterr().err
 
 
 # --- figure fixes: runs' epochs in the table, whole captions, integer epochs, labelled cut-off --------
