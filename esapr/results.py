@@ -610,8 +610,6 @@ def cmd_results(argv: list[str]) -> int:
                         "[--metrics NDCG@10 Recall@10 ...] [--digits 4]")
     root = flags.get("root", "experiments")
     roots = root if isinstance(root, list) else [root]
-    if "root" not in flags and not Path(root).is_dir():
-        raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
     metrics = flags.get("metrics")
     if isinstance(metrics, str):
         metrics = metrics.replace(",", " ").split()
@@ -619,6 +617,8 @@ def cmd_results(argv: list[str]) -> int:
         digits = int(flags.get("digits", 4))
     except ValueError:
         raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
+    if "root" not in flags and not Path(root).is_dir():
+        raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
     frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))
     print(format_table(frame, digits))
     for problem in frame.attrs["unreadable"]:
