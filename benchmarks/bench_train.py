@@ -208,7 +208,8 @@ def original_metrics(scores: torch.Tensor, ks) -> dict:
 
 
 def time_original(trainer: Trainer, max_batches: int | None) -> dict:
-    """Same model and optimizer; the original's host-side loaders and CPU metrics."""
+    """Same model, optimizer and precision (``Trainer.step``); the original's host-side loaders
+    and CPU metrics."""
     config, device, model = trainer.config, trainer.device, trainer.model
     loader = torch.utils.data.DataLoader(OriginalTrainSet(trainer), batch_size=config.train_batch_size,
                                          shuffle=True, drop_last=True)
@@ -218,12 +219,7 @@ def time_original(trainer: Trainer, max_batches: int | None) -> dict:
     for batch in loader:
         if max_batches is not None and done >= max_batches:
             break
-        batch = typed_batch(batch, device)
-        trainer.optimizer.zero_grad()
-        model(batch).backward()
-        if config.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-        trainer.optimizer.step()
+        trainer.step(typed_batch(batch, device))
         done += 1
     sync(device)
     train_s = (time.perf_counter() - start) * len(loader) / max(1, done)
@@ -263,20 +259,21 @@ def main() -> None:
     parser.add_argument("--option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args()
     overrides = {"device": args.device, "full_ranking": False, **dict(args.option)}
-    if args.size == "ml-20m" and args.family == "vae":
-        overrides.setdefault("train_window", 128)  # the original's ML-20M setting
-    config = build_config([TEMPLATES[args.family]], overrides)
+    template = "train_vae_20m" if args.size == "ml-20m" and args.family == "vae" else TEMPLATES[args.family]
+    config = build_config([template], overrides)
     data = synthetic_data(args.size, config)
     trainer = Trainer(config, data, progress=False)
     before = peak_memory(trainer.device)["peak_host_mb"]  # data, model and optimizer
     shape = {"users": data.sequences.n_users, "items": data.sequences.n_items,
              "interactions": data.sequences.n_interactions}
-    device = str(trainer.device) + (f" ({torch.cuda.get_device_name()})" if trainer.device.type == "cuda" else "")
+    device = trainer.device_name()
     result = {"what": f"{args.family} epoch (esapr)", "size": args.size, **shape, "device": device,
+              "precision": trainer.precision.name, "compile": config.compile,
               **time_esapr(trainer, args.max_batches), **peak_memory(trainer.device), "host_mb_before_training": before}
     print(json.dumps(result), flush=True)
     if args.baseline and args.family in ORIGINAL_LOADERS:
         base = {"what": f"{args.family} epoch (original approach)", "size": args.size, **shape, "device": device,
+                "precision": trainer.precision.name,
                 **time_original(trainer, args.baseline_batches or args.max_batches), **peak_memory(trainer.device)}
         print(json.dumps(base), flush=True)
         ratio = (base["train_s"] + base["val_s"]) / (result["train_s"] + result["val_s"])

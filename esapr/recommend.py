@@ -29,8 +29,8 @@ class LoadedExperiment:
             overrides["local_data_folder"] = str(data_folder)
         self.config = load_experiment_config(self.path, **overrides)
         self.results = self.experiment.read_results() or {}
-        if not self.experiment.best_model.is_file():
-            raise UserError(f"{self.path}: no models/best_model.pth yet; train the experiment first")
+        if not self.experiment.has_weights():
+            raise UserError(f"{self.path}: no trained model yet (models/ is empty); train the experiment first")
         self._data = None
         self._model = None
         self._builder = None
@@ -52,7 +52,7 @@ class LoadedExperiment:
             from esapr.models import build_model
             from esapr.training.trainer import data_info
             model = build_model(self.config, data_info(self.data)).to(self.device)
-            self.experiment.load_weights(model, self.experiment.best_model, self.device)
+            self.experiment.load_best_weights(model, self.device)
             model.eval()
             self._model = model
         return self._model
@@ -201,9 +201,9 @@ class RecommendationPanel:
             sources = [selected, *sources]
         from esapr.experiment import Experiment
 
-        paths = [p for p in find_experiments(sources) if Experiment(p).best_model.is_file()]
+        paths = [p for p in find_experiments(sources) if Experiment(p).has_weights()]
         if not paths:
-            raise UserError(f"no trained experiments (with models/best_model.pth) in {experiments}")
+            raise UserError(f"no trained experiments (with a model in models/) in {experiments}")
         options = []
         for path in paths:
             config = Experiment(path).read_config()

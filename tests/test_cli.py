@@ -110,7 +110,7 @@ def test_train_logs_plain_lines_when_not_a_terminal_and_nothing_when_quiet(tmp_p
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     lines = err.splitlines()
-    assert ": 40 users, 60 items, 969 interactions | VAE_tw (vae) | cpu | runs/ratings/lines" in lines[0]
+    assert ": 40 users, 60 items, 969 interactions | VAE_tw (vae) | cpu, fp32 | runs/ratings/lines" in lines[0]
     assert [line.split()[:2] for line in lines[1:3]] == [["epoch", "1"], ["epoch", "2"]]
     assert "\r" not in err and "\x1b" not in err
     assert "test metrics of runs/ratings/lines" in out

@@ -97,9 +97,10 @@ def results_of(folder: Path) -> dict:
 
 
 # (file, occurrence, before/after the rename): the first write of each file, writes in the middle of
-# training (an improvement, a checkpoint, a log row), and the end of the run
+# training (a checkpoint, written in the background, a log row), and the end of the run (the best
+# model is written once, there)
 KILL_POINTS = [("config.json", 1, "before"), ("status", 1, "after"), ("train_log.csv", 1, "before"),
-               ("val_log.csv", 2, "after"), ("best_model.pth", 2, "before"), ("recent_checkpoint.pth", 2, "before"),
+               ("val_log.csv", 2, "after"), ("best_model.pth", 1, "before"), ("recent_checkpoint.pth", 2, "before"),
                ("recent_checkpoint.pth", 3, "after"), ("test_ranks.csv", 1, "before"), ("results.json", 1, "after"),
                ("status", 2, "before")]
 TWICE = "killed-twice"   # killed after epoch 3's log rows, then again inside the resume's rewrite of the log

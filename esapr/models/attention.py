@@ -117,11 +117,14 @@ def bias_as(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: Dropout) -> torch.Tensor:
-    """Scaled dot-product attention [B, h, Tq, d]. Without dropout (evaluation) it runs torch's
-    fused kernel; with dropout it is written out (the fused CPU kernel has no dropout)."""
+    """Scaled dot-product attention [B, h, Tq, d] with dropout on the probabilities. Torch's fused
+    kernel runs it without dropout (evaluation), and on a GPU with dropout too: the same
+    distribution (each probability dropped with p, the others scaled by 1 / (1 - p)). Training on a
+    CPU writes it out, with the faster CPU mask of ``Dropout``."""
     scale = 1.0 / math.sqrt(q.size(-1))
-    if not (dropout.training and dropout.p > 0):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_as(bias, q.dtype), scale=scale)
+    p = dropout.p if dropout.training else 0.0
+    if p == 0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_as(bias, q.dtype), dropout_p=p, scale=scale)
     return torch.matmul(attention_probs(torch.matmul(q * scale, k.transpose(-2, -1)), bias, dropout), v)
 
 

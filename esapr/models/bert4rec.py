@@ -19,6 +19,7 @@ from esapr.models.attention import (FeedForward, MultiHeadAttention, PositionalE
                                     init_weights, last_rows)
 from esapr.models.dropout import Dropout
 from esapr.models.length_groups import grouped_loss, per_group
+from esapr.models.positions import labelled_rows
 
 
 class DotHead(nn.Module):
@@ -58,13 +59,17 @@ class LinearHead(nn.Module):
         return self(x).gather(1, candidates)
 
 
-def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, logits_of: Callable) -> tuple[torch.Tensor, int]:
+def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, logits_of: Callable,
+                          n_classes: int) -> tuple[torch.Tensor, int | torch.Tensor]:
     """§5.2 BERT/MEANTIME: (sum, count) of the cross-entropy over the positions with label > 0,
     classes 0..n_items. Without any such position the sum is 0 (with a gradient), not NaN."""
     flat = labels.reshape(-1)
-    rows = torch.nonzero(flat, as_tuple=True)[0]
-    selected = hidden.reshape(-1, hidden.size(-1)).index_select(0, rows)
-    logits = logits_of(selected).float()
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    rows = labelled_rows(labels, n_classes)
+    if rows is None:           # every position; label 0 (unlabelled) is ignored
+        total = F.cross_entropy(logits_of(hidden).float(), flat, ignore_index=0, reduction="sum")
+        return total, (flat > 0).sum()
+    logits = logits_of(hidden.index_select(0, rows)).float()
     total = F.cross_entropy(logits, flat.index_select(0, rows), reduction="sum")
     return total, rows.numel()
 
@@ -89,7 +94,8 @@ class MaskedItemModel(SequentialModel):
         raise NotImplementedError
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        return grouped_loss(batch, self.hidden, lambda b: masked_positions_loss(self.encode(b), b.labels, self.head))
+        return grouped_loss(batch, self.hidden, lambda b: masked_positions_loss(self.encode(b), b.labels, self.head,
+                                                                                self.n_classes))
 
     def scores(self, batch: SequenceBatch) -> torch.Tensor:
         return per_group(batch, self.hidden, lambda b: self.head(self.encode(b, last_only=True)))

@@ -39,7 +39,7 @@ from esapr.models import DataInfo
 from esapr.models.attention import (FeedForward, PositionalEmbedding, Sublayer, attention_bias, attention_probs,
                                     init_weights, last_rows, merge_heads, split_heads)
 from esapr.models.bert4rec import MaskedItemModel
-from esapr.models.dropout import Dropout, widened
+from esapr.models.dropout import Dropout
 from esapr.models.relative import KernelTerm, PairDropout
 from esapr.registry import kernel_kinds
 
@@ -129,7 +129,7 @@ class MixedAttention(nn.Module):
             bias = torch.stack([lin.bias.view(per, self.d_k) for lin in self.rel_key])          # Lr per d
             u = torch.einsum("brkid,rkdh->brkih", qr, weight.to(qr.dtype))        # B Lr per Tq H
             constant = torch.einsum("brkid,rkd->brki", qr, bias.to(qr.dtype)).unsqueeze(-1)
-            kernel_scores = KernelTerm.apply(widened(u), relative, relative.drop)
+            kernel_scores = KernelTerm.apply(u, relative, relative.drop)
             relative_scores = constant + kernel_scores.to(content.dtype)           # B Lr per Tq T
             parts.append(content + relative_scores.reshape(b, self.Lr * per, rows, -1))
         scores = torch.cat(parts, 1) if len(parts) > 1 else parts[0]

@@ -8,6 +8,12 @@ backward pass rebuilds them. Their dropout masks come from generators seeded by
 the same, and every block sees the same dropped embeddings, as in the original where one
 dropped tensor feeds all blocks. The scale of the kept elements is applied to the (small)
 results instead of the embeddings.
+
+Chunks are sized by device: on a CPU to stay in the cache, on a GPU from the free memory (a large
+GPU runs a batch in one or a few chunks instead of ~1,200 per step). Under mixed precision the
+terms are computed in float32, forward and backward alike (the custom functions cast their inputs
+and turn autocast off inside), as a backward pass outside autocast would otherwise differ in
+precision from its forward pass.
 """
 from __future__ import annotations
 
@@ -16,22 +22,53 @@ import torch.nn.functional as F
 
 from esapr.models.dropout import keep_mask
 
-# elements of one chunk tensor (16 MB in float32)
+# elements of one chunk tensor on a CPU (16 MB in float32)
 CHUNK_ELEMENTS = 1 << 22
+# on a GPU: a chunk keeps about CHUNK_TENSORS float32 tensors of its size alive (the relations or
+# kernel, its dropout mask, a product, a gradient) and may take GPU_MEMORY_SHARE of the free memory
+CHUNK_TENSORS = 4
+GPU_MEMORY_SHARE = 0.25
+MAX_CHUNK_ELEMENTS = 1 << 30
 # boolean dropout masks kept per forward pass (shared by the blocks and the backward pass); a
 # bigger budget saves a little more time (about 15% of TiSASRec at 1 GB) for much more memory
 MASK_CACHE_BYTES = 1 << 28
 
 
-def chunk_starts(batch: int, per_example: int) -> list[tuple[int, int]]:
-    size = max(1, CHUNK_ELEMENTS // max(1, per_example))
+def chunk_elements(device: torch.device) -> int:
+    """Elements of one chunk tensor on ``device``: CHUNK_ELEMENTS on a CPU; on CUDA a share of the
+    free memory (memory the allocator holds unused counts as free), at least CHUNK_ELEMENTS."""
+    if device.type != "cuda":
+        return CHUNK_ELEMENTS
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    share = int(free * GPU_MEMORY_SHARE) // (4 * CHUNK_TENSORS)
+    return min(MAX_CHUNK_ELEMENTS, max(CHUNK_ELEMENTS, share))
+
+
+def chunk_starts(batch: int, per_example: int, elements: int) -> list[tuple[int, int]]:
+    size = max(1, elements // max(1, per_example))
     return [(start, min(batch, start + size)) for start in range(0, batch, size)]
 
 
+def _float32_forward(forward):
+    """``forward`` in float32 under CPU or CUDA autocast (inputs cast, autocast off inside)."""
+    for device_type in ("cpu", "cuda"):
+        forward = torch.amp.custom_fwd(forward, device_type=device_type, cast_inputs=torch.float32)
+    return forward
+
+
+def _as_forward(backward):
+    """``backward`` with the autocast state its forward pass had."""
+    for device_type in ("cpu", "cuda"):
+        backward = torch.amp.custom_bwd(backward, device_type=device_type)
+    return backward
+
+
 class PairDropout:
-    """Seeded dropout for the per-pair tensors of one forward pass. The boolean masks are kept
-    (up to MASK_CACHE_BYTES) for the other blocks and the backward pass, which saves most of
-    the random draws; past the budget they are drawn again (the same, from their seeds)."""
+    """Seeded dropout for the per-pair tensors of one forward pass, and their chunk size. The
+    boolean masks are kept (up to MASK_CACHE_BYTES) for the other blocks and the backward pass,
+    which saves most of the random draws; past the budget they are drawn again (the same, from
+    their seeds)."""
 
     def __init__(self, p: float, training: bool, streams: int):
         self.p = p if training else 0.0
@@ -39,6 +76,14 @@ class PairDropout:
         self.scale = keep_mask((1,), self.p, torch.device("cpu"), torch.float32)[1] if self.p > 0 else 1.0
         self.cache: dict = {}
         self.cached_bytes = 0
+        self.elements: int | None = None
+
+    def chunk_size(self, device: torch.device) -> int:
+        """Elements per chunk, fixed at first use for the whole forward pass: the masks are keyed
+        by chunk start, so the backward pass must cut the same chunks."""
+        if self.elements is None:
+            self.elements = chunk_elements(device)
+        return self.elements
 
     def keep(self, like: torch.Tensor, stream: int, start: int, part: int = 0) -> torch.Tensor | None:
         """The 0/1 keep mask for a tensor shaped like ``like`` of examples start.. of the batch:
@@ -70,7 +115,7 @@ def dropped_relations(times_q, times_k, clip: int, drop: PairDropout, stream: in
     """TiSASRec's relation embeddings, a chunk of examples and one head at a time:
     (start, stop, head, flat intervals, dropped R [b, Tq, T, d], keep mask). The masks are a
     function of (stream, start, head), so forward and backward see the same ones."""
-    for start, stop in chunk_starts(times_q.size(0), per_example):
+    for start, stop in chunk_starts(times_q.size(0), per_example, drop.chunk_size(times_q.device)):
         iv = clipped_intervals(times_q[start:stop], times_k[start:stop], clip)
         for h, table in enumerate(tables):
             r = F.embedding(iv, table)
@@ -95,6 +140,7 @@ class IntervalTerm(torch.autograd.Function):
     VALUES: x = probs [B, n, Tq, T] -> sum_j p_ij R_ij     [B, n, Tq, d]."""
 
     @staticmethod
+    @_float32_forward
     def forward(ctx, x, times_q, times_k, clip, drop, use, *tables):
         b, n, rows = x.shape[:3]
         length, d = times_k.size(1), tables[0].size(1)
@@ -112,6 +158,7 @@ class IntervalTerm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_as_forward
     def backward(ctx, grad):
         x, times_q, times_k, *tables = ctx.saved_tensors
         clip, drop, use = ctx.config
@@ -139,11 +186,12 @@ class KernelTerm(torch.autograd.Function):
     ``kernels.kernel(r, start, stop, Tq)`` (one dropped kernel serves all heads of kernel r)."""
 
     @staticmethod
+    @_float32_forward
     def forward(ctx, u, kernels, drop):
         b, lr, heads, rows, hidden = u.shape
         length = kernels.times.size(1)
         out = u.new_empty(b, lr, heads, rows, length)
-        for start, stop in chunk_starts(b, rows * length * hidden):
+        for start, stop in chunk_starts(b, rows * length * hidden, drop.chunk_size(u.device)):
             for r in range(lr):
                 k = kernels.kernel(r, start, stop, rows).to(u.dtype)
                 k = masked(k, drop.keep(k, r, start))                             # b Tq T H
@@ -154,11 +202,12 @@ class KernelTerm(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_as_forward
     def backward(ctx, grad):
         kernels, drop, shape = ctx.config
         b, lr, heads, rows, hidden = shape
         grad_u = grad.new_empty(shape)
-        for start, stop in chunk_starts(b, rows * kernels.times.size(1) * hidden):
+        for start, stop in chunk_starts(b, rows * kernels.times.size(1) * hidden, drop.chunk_size(grad.device)):
             for r in range(lr):
                 k = kernels.kernel(r, start, stop, rows).to(grad.dtype)
                 k = masked(k, drop.keep(k, r, start))                             # b Tq T H

@@ -18,21 +18,27 @@ from esapr.models.attention import (FeedForward, MultiHeadAttention, PositionalE
                                     last_rows)
 from esapr.models.dropout import Dropout
 from esapr.models.length_groups import grouped_loss, per_group
+from esapr.models.positions import labelled_rows
 
 
 def next_item_bce_loss(hidden: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,
-                       embedding: nn.Embedding) -> tuple[torch.Tensor, int]:
+                       embedding: nn.Embedding) -> tuple[torch.Tensor, int | torch.Tensor]:
     """§5.2 SAS/TiSAS: (sum, count) over the positions with label > 0 of
     -log(sigmoid(h.e_pos) + 1e-24) - log(1 - sigmoid(h.e_neg) + 1e-24)."""
-    flat = labels.reshape(-1)
-    rows = torch.nonzero(flat, as_tuple=True)[0]
-    h = hidden.reshape(-1, hidden.size(-1)).index_select(0, rows).float()
-    pos = embedding(flat.index_select(0, rows)).float()
-    neg = embedding(negatives.reshape(-1).index_select(0, rows)).float()
+    flat, h, negatives = labels.reshape(-1), hidden.reshape(-1, hidden.size(-1)), negatives.reshape(-1)
+    rows = labelled_rows(labels, hidden.size(-1))
+    if rows is not None:
+        flat, h, negatives = flat.index_select(0, rows), h.index_select(0, rows), negatives.index_select(0, rows)
+    h = h.float()
+    pos = embedding(flat).float()
+    neg = embedding(negatives).float()
     p_pos = torch.sigmoid((h * pos).sum(-1))
     p_neg = torch.sigmoid((h * neg).sum(-1))
-    total = -(torch.log(p_pos + 1e-24) + torch.log(1 - p_neg + 1e-24)).sum()
-    return total, rows.numel()
+    terms = torch.log(p_pos + 1e-24) + torch.log(1 - p_neg + 1e-24)
+    if rows is None:           # every position; the unlabelled ones weigh 0
+        labelled = flat > 0
+        return -(terms * labelled).sum(), labelled.sum()
+    return -terms.sum(), rows.numel()
 
 
 class SasBlock(nn.Module):

@@ -19,7 +19,7 @@ from esapr.data.batches.types import SequenceBatch
 from esapr.models import DataInfo
 from esapr.models.attention import (PositionalEmbedding, attention_bias, attention_probs, init_weights, merge_heads,
                                     split_heads)
-from esapr.models.dropout import Dropout, widened
+from esapr.models.dropout import Dropout
 from esapr.models.relative import KEYS, VALUES, IntervalTerm, PairDropout
 from esapr.models.sasrec import SasBlock, SasModelBase
 
@@ -50,7 +50,7 @@ class TimeIntervalAttention(nn.Module):
         self.dropout = Dropout(dropout)
 
     def _columns(self, table: torch.Tensor) -> list:
-        return [widened(table[:, h * self.d_k:(h + 1) * self.d_k]).contiguous() for h in range(self.heads)]
+        return [table[:, h * self.d_k:(h + 1) * self.d_k].contiguous() for h in range(self.heads)]
 
     def forward(self, query: torch.Tensor, key_value: torch.Tensor, mask: torch.Tensor, pos_key: torch.Tensor,
                 pos_value: torch.Tensor, rel: TimeIntervals) -> torch.Tensor:
@@ -59,11 +59,11 @@ class TimeIntervalAttention(nn.Module):
         k = split_heads(self.key(key_value) + pos_key, self.heads)           # B n T d
         v = split_heads(self.value(key_value) + pos_value, self.heads)
         times_q = rel.times[:, -rows:]
-        rel_scores = IntervalTerm.apply(widened(q), times_q, rel.times, rel.clip, rel.drop, KEYS,
+        rel_scores = IntervalTerm.apply(q, times_q, rel.times, rel.clip, rel.drop, KEYS,
                                         *self._columns(rel.key_table))
         scores = torch.matmul(q, k.transpose(-2, -1)) + rel_scores.to(q.dtype)
         probs = attention_probs(scores, mask, self.dropout)
-        rel_values = IntervalTerm.apply(widened(probs), times_q, rel.times, rel.clip, rel.drop, VALUES,
+        rel_values = IntervalTerm.apply(probs, times_q, rel.times, rel.clip, rel.drop, VALUES,
                                         *self._columns(rel.value_table))
         return merge_heads(torch.matmul(probs, v) + rel_values.to(probs.dtype))
 

@@ -41,7 +41,9 @@ class VAE(SequentialModel):
         self.register_buffer("weights", position_weights(config.weight_type, config.max_len, config.weight_constant),
                              persistent=False)
         self.recover_len = config.max_len   # set by the schedule
-        self.kl_weight = 0.0                # set by the schedule
+        # set by the schedule before each step: a tensor, so that a step is the same graph every time
+        # (a Python float changing every step makes torch.compile or a CUDA graph start again)
+        self.register_buffer("kl_weight", torch.zeros(()), persistent=False)
         for layer in self.modules():
             if isinstance(layer, nn.Linear):  # as vae-cf-pytorch
                 std = (2.0 / (layer.in_features + layer.out_features)) ** 0.5
@@ -118,11 +120,14 @@ class TransferSchedule(Schedule):
             model.input_dropout.p = self.base_dropout * self.recover_len / self.max_len
 
     def before_step(self, model: VAE) -> None:
-        if self.total_anneal_steps > 0:
-            model.kl_weight = min(self.anneal_cap, self.update_count / self.total_anneal_steps)
-        else:
-            model.kl_weight = self.anneal_cap
+        model.kl_weight.fill_(self.kl_weight())
         self.update_count += 1
+
+    def kl_weight(self) -> float:
+        """beta of the next step."""
+        if self.total_anneal_steps > 0:
+            return min(self.anneal_cap, self.update_count / self.total_anneal_steps)
+        return self.anneal_cap
 
     def on_plateau(self, model: VAE) -> Transfer | None:
         if not self.train_transfer or self.recover_len <= 1:
@@ -132,9 +137,7 @@ class TransferSchedule(Schedule):
         return Transfer(self.best_model_transfer, f"recover_len -> {self.recover_len}")
 
     def log_values(self) -> dict:
-        beta = (min(self.anneal_cap, self.update_count / self.total_anneal_steps)
-                if self.total_anneal_steps > 0 else self.anneal_cap)
-        return {"recover_len": self.recover_len, "kl_weight": beta}
+        return {"recover_len": self.recover_len, "kl_weight": self.kl_weight()}
 
     def progress_values(self) -> dict:
         return {"recover_len": self.recover_len}
