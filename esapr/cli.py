@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import signal
 import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from esapr.config import OPTIONS, build_config, describe_options, template_names
-from esapr.errors import UserError
+from esapr.config import OPTIONS, build_config, describe_options, given_options, template_names
+from esapr.errors import Interrupted, UserError
 from esapr.registry import FAMILIES
 
 
@@ -31,6 +32,8 @@ class Command:
 
 
 DATA_GROUPS = ("data", "negatives")
+# command flags that are switches (a bare --flag); every other flag takes a value
+SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only"})
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("data", "esapr.cli:cmd_data", "dataset statistics, or download + preprocess + negatives ahead of time",
             "esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]",
@@ -112,18 +115,26 @@ def parse_options(argv: list[str], extra: tuple[str, ...] = ()) -> tuple[dict[st
         if name == "resume_training":
             name = "resume"
         is_list = name in OPTIONS and "list" in str(OPTIONS[name].type)
-        if not values and name not in extra and name in OPTIONS and "bool" not in str(OPTIONS[name].type):
+        switch = name in SWITCHES if name in extra else name in OPTIONS and "bool" in str(OPTIONS[name].type)
+        if not values and not switch:
             raise UserError(f"option '--{name}' needs a value (--{name} VALUE)")
         target[name] = True if not values else values if is_list or len(values) > 1 else values[0]
     return overrides, flags
 
 
 def _config_from(argv: list[str], extra: tuple[str, ...] = ()):
+    config, flags, _ = _config_and_given(argv, extra)
+    return config, flags
+
+
+def _config_and_given(argv: list[str], extra: tuple[str, ...] = ()):
+    """The Config of a command line, its own flags, and the names of the options it sets."""
     overrides, flags = parse_options(argv, extra)
     templates = overrides.pop("templates", [])
     if isinstance(templates, str):
         templates = [templates]
-    return build_config(templates, overrides), flags
+    config = build_config(templates, overrides)
+    return config, flags, given_options(templates, overrides)
 
 
 def cmd_data(argv: list[str]) -> int:
@@ -156,12 +167,15 @@ def cmd_options(argv: list[str]) -> int:
     return 0
 
 
+_WRITABLE = "choose a folder you may write to (--experiment_root, --local_data_folder or the output path)"
 _OS_ADVICE = {
-    errno.ENOSPC: "the disk is full: free some space, then continue with --resume (nothing saved was lost)",
-    errno.EDQUOT: "the disk quota is used up: free some space, then continue with --resume",
-    errno.EACCES: "permission denied: choose a folder you may write to (e.g. --experiment_root, --local_data_folder)",
-    errno.EPERM: "not permitted: choose a folder you may write to (e.g. --experiment_root, --local_data_folder)",
-    errno.EROFS: "the file system is read-only: choose another folder (e.g. --experiment_root)",
+    errno.ENOSPC: "the disk is full: free some space and run the command again (nothing saved was lost; a "
+                  "training run continues with --resume)",
+    errno.EDQUOT: "the disk quota is used up: free some space and run the command again (a training run "
+                  "continues with --resume)",
+    errno.EACCES: f"permission denied: {_WRITABLE}",
+    errno.EPERM: f"not permitted: {_WRITABLE}",
+    errno.EROFS: f"the file system is read-only: {_WRITABLE}",
 }
 
 
@@ -175,15 +189,25 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"esapr: warning: {message}\n"
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt("terminated")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = _one_line_warning
+    for stream in (sys.stdout, sys.stderr):     # a title the terminal cannot encode is escaped, not fatal
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    previous = signal.signal(signal.SIGTERM, _terminate)   # a kill ends like Ctrl-C: status "interrupted"
     try:
         return _run(argv)
     except BrokenPipeError:
         # the reader went away (``esapr ... | head``): stop quietly, without a second error at exit
         sys.stdout = None
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: list[str]) -> int:
@@ -209,6 +233,18 @@ def _run(argv: list[str]) -> int:
             raise
         print(f"esapr: error: {describe_os_error(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("esapr: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        first = (str(error).strip().splitlines() or ["MemoryError"])[0]
+        print(f"esapr: error: out of memory ({first}); use a smaller batch size, max_len or model, or a machine "
+              f"with more memory", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:
+        print(f"esapr: {error if isinstance(error, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text

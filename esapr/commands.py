@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from esapr.cli import _config_from
+from esapr.cli import _config_and_given
 from esapr.config import Config, build_config
 from esapr.errors import UserError
 
@@ -25,9 +25,9 @@ def format_metrics(metrics: dict, title: str) -> str:
 
 
 def cmd_train(argv: list[str]) -> int:
-    config, flags = _config_from(argv, extra=("quiet",))
+    config, flags, given = _config_and_given(argv, extra=("quiet",))
     from esapr.training.trainer import train  # after the options: a bad one fails without loading torch
-    results = train(config, progress="quiet" if flags.get("quiet") else "auto")
+    results = train(config, progress="quiet" if flags.get("quiet") else "auto", given=given)
     print(format_metrics(results["test"], f"test metrics of {results['experiment']} "
                                           f"(best epoch {results['best_epoch']} of {results['epochs']}, "
                                           f"{results['train_seconds']:.0f} s)"))
@@ -39,7 +39,10 @@ def load_experiment_config(path: Path, **overrides) -> Config:
     saved = Experiment(path).read_config()
     options = {k: v for k, v in saved.items() if k in Config.__dataclass_fields__}
     options.update(overrides)
-    return build_config(overrides=options, apply_templates=False)
+    try:
+        return build_config(overrides=options, apply_templates=False)
+    except UserError as error:
+        raise UserError(f"{Experiment(path).config_file}: {error}") from None
 
 
 def cmd_evaluate(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ import pandas as pd
 from esapr.config import RUN_ONLY, Config, build_config, config_differences, describe_differences
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
+from esapr.files import atomic_write_text
 
 SEED_OPTIONS = ("model_init_seed", "dataloader_random_seed", "train_negative_sampling_seed")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
@@ -596,14 +597,6 @@ def _labels(runs: list[Run]) -> dict[str, str]:
     return {t: (label if counts[label] == 1 else f"{label} ({t})") for t, label in labels.items()}
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(tmp, path)
-
-
 def write_comparison(comparison: Comparison, prefix: Path, metrics: Iterable[str] | None = None) -> dict[str, Path]:
     """``prefix``.csv (one row per protocol, metric and model, with the model's runs), .json and
     .png (the table figure)."""
@@ -612,8 +605,8 @@ def write_comparison(comparison: Comparison, prefix: Path, metrics: Iterable[str
     csv = comparison.table.merge(comparison.models.drop(columns=["paths"]), on="model", how="left",
                                  suffixes=("", "_model"))
     files = {"csv": prefix.with_suffix(".csv"), "json": prefix.with_suffix(".json"), "png": prefix.with_suffix(".png")}
-    _write_text(files["csv"], csv.to_csv(index=False))
-    _write_text(files["json"], json.dumps(comparison.to_dict(), indent=2))
+    atomic_write_text(files["csv"], csv.to_csv(index=False))
+    atomic_write_text(files["json"], json.dumps(comparison.to_dict(), indent=2))
     plot_comparison(comparison, files["png"], metrics=metrics)
     comparison.files = files
     return files

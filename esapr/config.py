@@ -44,14 +44,21 @@ class Range:
     def describe(self) -> str:
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_number(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_number(self.high)}")
         text = " and ".join(parts) or "a finite number"
         return text + "".join(f", or {v}" for v in self.also)
 
 
+def _number(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
+
+
 AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+# sizes that allocate memory in proportion (or in square): far beyond any real dataset, low enough
+# that a mistyped value is refused here instead of by the memory allocator
+SIZE, SEED = Range(1, 10**7), Range(0, 2**63 - 1)
 FRACTION = Range(0, 1, high_open=True)
 
 
@@ -103,22 +110,22 @@ class Config:
     # --- negatives ------------------------------------------------------------------------
     train_negative_sampler_code: str = _opt("random", "training negative pool sampler", ("random", "popular"), "negatives")
     train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)",
-                                           group="negatives", valid=AT_LEAST_0)
-    train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives", valid=AT_LEAST_0)
+                                           group="negatives", valid=Range(0, 10**7))
+    train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives", valid=SEED)
     test_negative_sampler_code: str = _opt("popular", "evaluation negative sampler", ("random", "popular"), "negatives")
-    test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives", valid=AT_LEAST_1)
+    test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives", valid=SIZE)
     test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives",
-                                            group="negatives", valid=AT_LEAST_0)
+                                            group="negatives", valid=SEED)
     legacy_negatives: bool = _opt(False, "reproduce the original's per-user numpy draws exactly", group="negatives")
     # --- batches ---------------------------------------------------------------------------
     dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives",
-                                       group="batches", valid=AT_LEAST_0)
-    train_batch_size: int = _opt(256, "training batch size", group="batches", valid=AT_LEAST_1)
-    val_batch_size: int = _opt(256, "validation batch size", group="batches", valid=AT_LEAST_1)
-    test_batch_size: int = _opt(256, "test batch size", group="batches", valid=AT_LEAST_1)
+                                       group="batches", valid=SEED)
+    train_batch_size: int = _opt(256, "training batch size", group="batches", valid=SIZE)
+    val_batch_size: int = _opt(256, "validation batch size", group="batches", valid=SIZE)
+    test_batch_size: int = _opt(256, "test batch size", group="batches", valid=SIZE)
     train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)",
                                     group="batches", valid=AT_LEAST_0)
-    max_len: int = _opt(200, "window length", group="batches", valid=AT_LEAST_1)
+    max_len: int = _opt(200, "window length", group="batches", valid=Range(1, 10**5))
     mask_prob: float = _opt(0.2, "BERT masking probability", group="batches", valid=Range(0, 1))
     weight_type: str = _opt("exp_stair", "VAE position weights", ("exp_stair", "exp", "linear", "constant"), "batches")
     weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches", valid=POSITIVE)
@@ -130,11 +137,12 @@ class Config:
     lr: float = _opt(1e-3, "learning rate", group="train", valid=POSITIVE)
     weight_decay: float = _opt(0.0, "L2 weight decay", group="train", valid=AT_LEAST_0)
     momentum: float | None = _opt(None, "SGD momentum", group="train", valid=AT_LEAST_0)
-    decay_step: int = _opt(25, "StepLR step (epochs)", group="train", valid=AT_LEAST_1)
+    decay_step: int = _opt(25, "StepLR step (epochs)", group="train", valid=Range(1, 2**31 - 1))
     gamma: float = _opt(1.0, "StepLR factor", group="train", valid=POSITIVE)
     clip_grad_norm: float | None = _opt(5.0, "clip the global gradient norm (None: off)", group="train", valid=POSITIVE)
-    num_epochs: int = _opt(-1, "maximum epochs (-1: until early stopping)", group="train", valid=Range(1, also=(-1,)))
-    metric_ks: list[int] = _opt([1, 5, 10, 20, 50], "cut-offs of Recall@k and NDCG@k", group="train", valid=AT_LEAST_1)
+    num_epochs: int = _opt(-1, "maximum epochs (-1: until early stopping)", group="train",
+                          valid=Range(1, 2**31 - 1, also=(-1,)))
+    metric_ks: list[int] = _opt([1, 5, 10, 20, 50], "cut-offs of Recall@k and NDCG@k", group="train", valid=SIZE)
     best_metric: str = _opt("NDCG@10", "validation metric that selects the best model", group="train")
     saturation_wait_epochs: int = _opt(20, "patience (epochs without improvement)", group="train", valid=AT_LEAST_0)
     full_ranking: bool = _opt(True, "also report metrics ranked against every unseen item", group="train")
@@ -146,25 +154,25 @@ class Config:
     decrease_dropout: bool = _opt(False, "scale input dropout by recover_len/max_len after transfers", group="vae")
     best_model_transfer: bool = _opt(True, "reload the best weights at each transfer", group="vae")
     normalize_type: str = _opt("f", "VAE input normalisation: f (L2) or batch (BatchNorm)", ("f", "batch"), "vae")
-    encode_len: int = _opt(128, "VAE latent size", group="vae", valid=AT_LEAST_1)
-    encoder_hidden_layer: list[int] = _opt([512], "VAE encoder hidden sizes", group="vae", valid=AT_LEAST_1)
+    encode_len: int = _opt(128, "VAE latent size", group="vae", valid=SIZE)
+    encoder_hidden_layer: list[int] = _opt([512], "VAE encoder hidden sizes", group="vae", valid=SIZE)
     decoder_activation: str = _opt("relu", "VAE decoder nonlinearity (none = the original's bug)", ("none", "relu", "tanh"), "vae")
     # --- models -----------------------------------------------------------------------------
     model_code: str = _opt("bert", "model family", MODEL_CODES, "model")
     model_label: str | None = _opt(None, "the model's name in result tables (default: the family's)", group="model")
-    model_init_seed: int = _opt(0, "seed of the weight initialisation", group="model", valid=AT_LEAST_0)
+    model_init_seed: int = _opt(0, "seed of the weight initialisation", group="model", valid=SEED)
     model_init_range: float = _opt(0.02, "std of the transformer initialisation", group="model", valid=AT_LEAST_0)
-    hidden_units: int = _opt(64, "transformer hidden size", group="model", valid=AT_LEAST_1)
-    num_blocks: int = _opt(2, "transformer blocks", group="model", valid=AT_LEAST_1)
-    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model", valid=AT_LEAST_1)
+    hidden_units: int = _opt(64, "transformer hidden size", group="model", valid=SIZE)
+    num_blocks: int = _opt(2, "transformer blocks", group="model", valid=Range(1, 1000))
+    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model", valid=Range(1, 1000))
     dropout: float = _opt(0.2, "dropout", group="model", valid=FRACTION)
     residual_ln_type: str = _opt("pre", "LayerNorm placement", ("pre", "post"), "model")
     headtype: str = _opt("dot", "prediction head", ("dot", "linear"), "model")
     head_use_ln: bool = _opt(False, "LayerNorm in the prediction head", group="model")
     time_unit_divide: int = _opt(1, "MEANTIME time unit", group="model", valid=AT_LEAST_1)
     freq: int = _opt(10000, "MEANTIME kernel base frequency", group="model", valid=POSITIVE)
-    tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model", valid=AT_LEAST_1)
-    marank_max_len: int = _opt(6, "MARank context length", group="model", valid=AT_LEAST_1)
+    tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model", valid=SIZE)
+    marank_max_len: int = _opt(6, "MARank context length", group="model", valid=Range(1, 10**5))
     marank_num_att_layers: int = _opt(2, "MARank attention layers", group="model", valid=AT_LEAST_0)
     marank_num_linear_layers: int = _opt(2, "MARank residual layers", group="model", valid=AT_LEAST_0)
     absolute_kernel_types: str = _opt("p-d", "MEANTIME absolute kernels from p, d, c ('-'-separated)", group="model")
@@ -250,7 +258,7 @@ def coerce(name: str, value: Any) -> Any:
             result = float(value)
         else:
             result = str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"option '{name}' expects {getattr(base, '__name__', base)}, got '{value}'") from None
     choices = OPTIONS[name].metadata["choices"]
     if choices and result not in choices:
@@ -266,7 +274,14 @@ def _expand_templates(names: list[str], seen: tuple = ()) -> dict[str, Any]:
             raise UserError(f"template '{name}' includes itself")
         values = read_template(name)
         parents = values.pop("templates", [])
-        merged.update(_expand_templates([parents] if isinstance(parents, str) else parents, seen + (name,)))
+        parents = [parents] if isinstance(parents, str) else parents
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise UserError(f"template '{name}': 'templates' must be a template name or a list of them, "
+                            f"got {parents!r}")
+        for key in values:
+            if key not in OPTIONS:
+                raise UserError(f"template '{name}': unknown option '{key}'{_nearest(str(key), OPTIONS)}")
+        merged.update(_expand_templates(parents, seen + (name,)))
         merged.update(values)
     return merged
 
@@ -275,20 +290,31 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
                  apply_templates: bool = True) -> Config:
     """defaults < templates (in order) < overrides; every value is type-checked and validated."""
     overrides = dict(overrides or {})
-    templates = list(templates or overrides.pop("templates", None) or [])
+    templates = coerce("templates", templates or overrides.pop("templates", None) or [])
     values: dict[str, Any] = {}
     if apply_templates:
         _warn_mixed_models(templates)
         values.update(_expand_templates(templates))
     values.update(overrides)
-    values["templates"] = templates if apply_templates else values.get("templates", [])
+    values["templates"] = templates
     config = Config(**{name: coerce(name, value) for name, value in values.items()})
     if config.experiment_name is None:
         config.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else config.model_code
     if config.experiment_group is None:
-        config.experiment_group = PurePath(config.data_file).stem if config.data_file else config.dataset_code
+        config.experiment_group = _data_group(config)
     validate(config)
     return config
+
+
+def _data_group(config: Config) -> str:
+    """The default experiment group: the dataset, or the data file's name without its suffix."""
+    if not config.data_file:
+        return config.dataset_code
+    stem = PurePath(config.data_file).stem
+    if not _is_safe_component(stem):
+        raise UserError(f"the data file's name {PurePath(config.data_file).name!r} makes no folder name for its "
+                        f"experiments; pass --experiment_group NAME")
+    return stem
 
 
 def _warn_mixed_models(templates: list[str]) -> None:
@@ -308,8 +334,10 @@ def metric_names(config: Config) -> list[str]:
 
 
 # options that do not change what a run computes: a saved run may be resumed or reused with others
+# (the folder's names too: a run copied or moved to another folder is the same run)
 RUN_ONLY = frozenset({"templates", "resume", "overwrite", "device", "local_data_folder", "experiment_root",
-                      "checkpoint_every_seconds", "model_label", "deterministic"})
+                      "experiment_group", "experiment_name", "checkpoint_every_seconds", "model_label",
+                      "deterministic", "compile"})
 
 
 def config_differences(saved: dict, config: Config, ignore: frozenset = RUN_ONLY) -> list[tuple[str, Any, Any]]:
@@ -334,32 +362,55 @@ def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
 # a resume runs for the epochs it is asked for (--num_epochs extends or caps a run; the epochs already
 # run do not depend on it), and may find the data elsewhere (its fingerprint is checked)
 RESUME_EPOCHS, RESUME_DATA = frozenset({"num_epochs"}), frozenset({"data_file", "data_url"})
+# run-only options a resume keeps from the saved run unless the request names them
+RESUME_NAMING = frozenset({"templates", "model_label"})
 
 
-def resumed_config(saved: dict, requested: Config, path) -> Config:
-    """The saved run's options, with the run-only options and num_epochs from the request (and
-    the data's location where the request gives one). Another option the request sets (to a value
-    other than its default) that differs from the saved run is an error naming each such option
-    with both values."""
+def given_options(templates: list[str], overrides: dict[str, Any]) -> frozenset[str]:
+    """The options a command line sets: those given directly and those its templates set."""
+    names = set(overrides) | set(_expand_templates(templates))
+    return frozenset(names | {"templates"} if templates else names)
+
+
+def resumed_config(saved: dict, requested: Config, path, given: frozenset[str] | None = None) -> Config:
+    """The saved run's options, with the run-only options from the request, and num_epochs and
+    the data's location where the request sets them. ``given`` names the options the user set
+    (None: every option of ``requested`` that is not its default counts as set, and num_epochs is
+    always the request's). A set option that differs from the saved run is an error naming each
+    such option with both values."""
     defaults = Config()
+
+    def is_given(name: str) -> bool:
+        return name in given if given is not None else getattr(requested, name) != getattr(defaults, name)
+
     differences = config_differences(saved, requested, RUN_ONLY | RESUME_EPOCHS | RESUME_DATA)
-    asked = [(name, before, now) for name, before, now in differences if now != getattr(defaults, name)]
+    asked = [(name, before, now) for name, before, now in differences if is_given(name)]
     if asked:
         raise UserError(f"{path}: --resume with options that differ from the saved run: "
                         f"{describe_differences(asked)}; drop them to continue the run as it was, "
                         f"or start a new experiment")
     options = {name: value for name, value in saved.items() if name in OPTIONS}
-    options.update({name: getattr(requested, name) for name in RUN_ONLY | RESUME_EPOCHS})
-    options.update({name: getattr(requested, name) for name in RESUME_DATA
-                    if getattr(requested, name) != getattr(defaults, name)})
+    options.update({name: getattr(requested, name) for name in RUN_ONLY - RESUME_NAMING})
+    taken = RESUME_NAMING | RESUME_DATA | (RESUME_EPOCHS if given is not None else frozenset())
+    options.update({name: getattr(requested, name) for name in taken if is_given(name)})
+    if given is None:
+        options["num_epochs"] = requested.num_epochs
     return build_config(overrides=options, apply_templates=False)
+
+
+def _is_safe_component(value: str) -> bool:
+    """One path component inside its parent: not empty, '.' or '..', no separator or control
+    character, no surrounding spaces, at most 255 bytes."""
+    return (value not in ("", ".", "..") and value == value.strip()
+            and not any(ord(c) < 32 or c in "/\\" for c in value)
+            and len(value.encode(errors="surrogateescape")) <= 255)
 
 
 def _safe_component(option: str, value: str) -> None:
     """A folder name inside the experiment root: one path component, nothing that climbs out."""
-    if value in ("", ".", "..") or any(c in value for c in "/\\\0") or value != value.strip():
+    if not _is_safe_component(value):
         raise UserError(f"option '{option}' is {value!r}; it must be a plain folder name "
-                        f"(no '/', '\\', '..' or absolute path)")
+                        f"(no '/', '\\', '..', control characters or absolute path; at most 255 bytes)")
 
 
 def validate(config: Config) -> None:

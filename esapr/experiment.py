@@ -24,7 +24,9 @@ import json
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -32,7 +34,7 @@ import pandas as pd
 from esapr.colab import DRIVE_MOUNTPOINT
 from esapr.config import Config
 from esapr.errors import UserError
-from esapr.files import FolderLock, atomic_write, atomic_write_text
+from esapr.files import FolderLock, atomic_write, atomic_write_text, refuse_links, remove_leftovers
 
 TABLES = ("train_log", "val_log", "test_log")
 # seconds between resumable checkpoints by default; on Drive a checkpoint is hundreds of MB (about
@@ -56,9 +58,16 @@ class Experiment:
         self._write_error: BaseException | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def lock(self) -> FolderLock:
-        """The folder's lock (``with experiment.lock(): ...``); a run that never started leaves no folder."""
-        return FolderLock(self.path, "one training process per experiment folder")
+    @contextmanager
+    def lock(self) -> Iterator[FolderLock]:
+        """Hold the folder's lock (``with experiment.lock(): ...``); a run that never started leaves
+        no folder. The folder, its group and its sub-folders must be real folders (a planted link
+        would lead writes outside the root), and temporary files of killed writers are removed."""
+        refuse_links(self.path.parent, self.path, self.models, self.tables)
+        with FolderLock(self.path, "one training process per experiment folder") as held:
+            for folder in (self.path, self.models, self.tables):
+                remove_leftovers(folder)
+            yield held
 
     def check_can_train(self, config: Config) -> None:
         """Refuse, before anything is written, a run this folder cannot take."""
@@ -79,6 +88,18 @@ class Experiment:
         raise UserError(f"{self.path} holds an unfinished run ({status}); pass --resume to continue it "
                         f"or --overwrite to start again")
 
+    def check_can_extend(self, saved: dict, config: Config) -> None:
+        """A resume of a finished run must raise its epoch limit (otherwise it would only test the
+        same weights again, or train on to early stopping where a limit was meant)."""
+        if self.status() != "finished":
+            return
+        done = int((self.read_results() or {}).get("epochs", 0))
+        limit = config.num_epochs
+        if limit == saved.get("num_epochs") or 0 < limit <= done:
+            raise UserError(f"{self.path} holds a finished run of {done} epochs; to continue it pass --resume "
+                            f"--num_epochs N with N above {done} (-1: until early stopping), or --overwrite to "
+                            f"train it again")
+
     def start(self, config: Config, extra: dict) -> None:
         """A new run: the old run's files go first (overwrite, or an earlier start that never
         reached a checkpoint); then the folders and the config."""
@@ -92,8 +113,13 @@ class Experiment:
         self.write_config(config, extra)
 
     def status(self) -> str | None:
+        """running, interrupted or finished; None before the first start. A damaged file reads
+        as "interrupted" (what it says cannot be trusted; a resume or --overwrite rewrites it)."""
         path = self.path / "status"
-        return path.read_text().strip() if path.is_file() else None
+        if not path.is_file():
+            return None
+        text = path.read_bytes().decode(errors="replace").strip()
+        return text if text in ("running", "interrupted", "finished") else "interrupted"
 
     def set_status(self, status: str) -> None:
         atomic_write_text(self.path / "status", status + "\n")
@@ -195,14 +221,17 @@ class Experiment:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as error:  # any failure to read means a damaged or foreign file
-            raise UserError(f"{path}: damaged or not an esapr checkpoint ({_first_line(error)}); {fix}") from None
+            reason = _first_line(error)
+            if "weights_only" in str(error) or "Weights only" in reason:   # torch's advice to unpickle: not here
+                reason = "it holds more than tensors and plain values"
+            raise UserError(f"{path}: damaged or not an esapr checkpoint ({reason}); {fix}") from None
         if not isinstance(state, dict) or "model" not in state:
             raise UserError(f"{path}: not an esapr checkpoint; {fix}")
         return state
 
     def load_weights(self, model, path: Path, device="cpu") -> None:
         """A checkpoint's weights into ``model``; weights of another shape mean other data."""
-        self._load_into(model, self.load(path, device)["model"], path)
+        self.load_state(model, self.load(path, device)["model"], path)
 
     def has_weights(self) -> bool:
         """Whether a model can be loaded: the final best model, or a checkpoint of a run still going."""
@@ -217,15 +246,19 @@ class Experiment:
         weights = self.load(self.recent_checkpoint, device).get("best_model")
         if weights is None:
             raise UserError(f"{self.path}: no best model yet (no epoch has finished validation); train longer")
-        self._load_into(model, weights, self.recent_checkpoint)
+        self.load_state(model, weights, self.recent_checkpoint)
 
     @staticmethod
-    def _load_into(model, weights: dict, path: Path) -> None:
+    def load_state(model, weights: dict, path: Path) -> None:
+        """``weights`` (read from ``path``) into ``model``; weights of another shape mean other data."""
         try:
             model.load_state_dict(weights)
         except RuntimeError as error:
+            lines = [line.strip() for line in str(error).splitlines()]
+            detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
+                          _first_line(error))
             raise UserError(f"{path}: the weights do not fit the model built from the data and options now "
-                            f"({_first_line(error)}); the data or the options changed since training") from None
+                            f"({detail}); the data or the options changed since training") from None
 
     # --- tables --------------------------------------------------------------------------------
     def append_row(self, table: str, row: dict) -> None:
@@ -254,7 +287,8 @@ class Experiment:
             path.unlink(missing_ok=True)
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))   # a foreign table keeps its columns
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(path, buffer.getvalue())
@@ -310,7 +344,6 @@ def _first_line(error: BaseException) -> str:
 
 def _is_epoch(value) -> bool:
     try:
-        float(value)
+        return float(value).is_integer()
     except (TypeError, ValueError):
         return False
-    return True

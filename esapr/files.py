@@ -21,6 +21,10 @@ from typing import Callable
 from esapr.errors import UserError
 
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# the process's umask (read once, before any thread): files are created as open() would create them
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+TEMPORARY = ".*.tmp"      # the names atomic_write gives its temporary files
 
 
 def atomic_write(path: Path, write: Callable) -> None:
@@ -29,9 +33,15 @@ def atomic_write(path: Path, write: Callable) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, 0o666 & ~_UMASK)      # mkstemp makes files private (0600)
         with os.fdopen(handle, "wb") as stream:
             write(stream)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:           # a failed write names no file; say which
+            error.filename = str(path)
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -39,6 +49,34 @@ def atomic_write(path: Path, write: Callable) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet (innermost first)."""
+    folder = Path(folder)
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders of ``missing_folders`` again where they stayed empty (innermost first)."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files that killed writers left in ``folder`` (the caller holds its lock)."""
+    for leftover in Path(folder).glob(TEMPORARY):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+
+
+def refuse_links(*paths: Path) -> None:
+    """esapr writes only where it was told: a symbolic link planted in its folders is refused."""
+    for path in paths:
+        if Path(path).is_symlink():
+            raise UserError(f"{path} is a symbolic link; esapr does not write through links: replace it with a "
+                            f"real folder or file, or choose another name")
 
 
 class FolderLock:
@@ -56,9 +94,10 @@ class FolderLock:
     def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> None:
         """Take the lock; if another process has it, raise a UserError naming it, or (``wait``)
         call ``on_wait(message)`` once and block until it is free."""
-        self._made = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self._made = missing_folders(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_links(self.path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -89,14 +128,12 @@ class FolderLock:
         self._fd = None
         if self._made and [p.name for p in self.folder.iterdir()] == [self.path.name]:
             self.path.unlink(missing_ok=True)
-            for folder in self._made:
-                if not any(folder.iterdir()):
-                    folder.rmdir()
+            remove_empty(self._made)
 
     @staticmethod
     def _holder(fd: int) -> str:
         text = os.pread(fd, 200, 0).decode(errors="replace").split()
-        return f"pid {text[0]}, since {' '.join(text[1:3])}" if len(text) >= 3 else "pid unknown"
+        return f"pid {text[0]}, since {' '.join(text[1:3])}" if len(text) >= 3 else "one that is just starting"
 
     def __enter__(self) -> "FolderLock":
         self.acquire()

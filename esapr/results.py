@@ -21,6 +21,7 @@ import pandas as pd
 
 from esapr.errors import UserError
 from esapr.experiment import Experiment
+from esapr.files import atomic_write
 from esapr.registry import FAMILIES
 
 VAE_PREFIX = "VAE"   # models whose label starts with this are "VAE variants" (bold in the figure)
@@ -110,15 +111,22 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
             config = experiment.read_config()
             results = experiment.read_results() or {}
             values = _metrics_of(experiment, results, split)
+            if not values:
+                continue
+            row = {str(k): float(v) for k, v in values.items() if k != "epoch" and v not in (None, "")}
+            record = (_dataset_label(config, results), model_label(config), path, row)
+            if not all(isinstance(label, str) for label in record[:2]):
+                raise TypeError(f"model or dataset name {record[:2]!r} is not text")
+            rank = _model_rank(config)
         except UserError as error:     # one damaged folder must not hide the others
             unreadable.append(str(error))
             continue
-        if not values:
+        except (TypeError, ValueError, AttributeError, KeyError) as error:   # values of the wrong kind
+            unreadable.append(f"{path}: damaged results or config.json ({type(error).__name__}: {error})")
             continue
-        row = {k: float(v) for k, v in values.items() if k != "epoch" and v not in (None, "")}
-        records.append((_dataset_label(config, results), model_label(config), path, row))
+        records.append(record)
         paths.append(path)
-        ranks.append(_model_rank(config))
+        ranks.append(rank)
     if not records:
         damaged = f"; unreadable: {unreadable[0]}" if unreadable else ""
         raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}{damaged}")
@@ -220,10 +228,19 @@ def _wrap(text: str, width_in: float, fontsize: float) -> list[str]:
     return textwrap.wrap(text, max(20, int(width_in * 72 / (fontsize * 0.6))))
 
 
+def figure_format(path) -> str:
+    """The file format a figure path asks for (its suffix), or a UserError naming the ones there are."""
+    from matplotlib.figure import Figure
+    kinds = Figure().canvas.get_supported_filetypes()
+    kind = Path(path).suffix.lstrip(".").lower()
+    if kind not in kinds:
+        raise UserError(f"{path}: a figure is saved as one of {', '.join(sorted(kinds))}; give the file such a suffix")
+    return kind
+
+
 def _save(fig, path, dpi: int) -> None:
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi)
+        atomic_write(Path(path), lambda stream: fig.savefig(stream, format=figure_format(path), dpi=dpi))
 
 
 def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: str | None = None):
@@ -378,9 +395,7 @@ def plot_curves(path, png=None, metric: str | None = None):
     fig.suptitle(f"{model_label(config)} on {_dataset_label(config, results)}  ({path.name}){stages_note}{status}",
                  fontsize=10)
     fig.tight_layout()
-    if png is not None:
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png, dpi=120)
+    _save(fig, png, 120)
     return fig
 
 
@@ -429,9 +444,7 @@ def plot_rank_distribution(path, png=None, k: int = 10):
                        fontsize=9)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    if png is not None:
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png, dpi=120)
+    _save(fig, png, 120)
     return fig
 
 
@@ -615,8 +628,12 @@ def cmd_results(argv: list[str]) -> int:
         metrics = metrics.replace(",", " ").split()
     try:
         digits = int(flags.get("digits", 4))
-    except ValueError:
+    except (TypeError, ValueError):
         raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
+    if not 0 <= digits <= 12:
+        raise UserError(f"--digits is {digits}; give 0 to 12 decimals")
+    if flags.get("png"):
+        figure_format(flags["png"])
     if "root" not in flags and not Path(root).is_dir():
         raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
     frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))

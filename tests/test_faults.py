@@ -187,7 +187,7 @@ def test_a_damaged_checkpoint_is_one_line_and_keeps_the_status(finished, kind, n
     path.write_bytes(DAMAGE[kind] if DAMAGE[kind] is not None else path.read_bytes()[:500])
     args = ["--experiment", str(finished)] if name == "best_model.pth" else \
         [*OPTIONS, "--data_file", str(finished.parents[2] / "ratings.csv"), "--experiment_root",
-         str(finished.parents[1]), "--experiment_name", "reference", "--resume"]
+         str(finished.parents[1]), "--experiment_name", "reference", "--resume", "--num_epochs", "6"]
     assert main(["evaluate" if name == "best_model.pth" else "train", *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}: " in err and ("--overwrite" in err or "--resume" in err), err
@@ -351,3 +351,210 @@ def test_the_package_itself_is_never_a_template_path(tmp_path, capsys):
     assert main(["train", "--templates", "../templates/train_vae", "--experiment_root", str(tmp_path)]) == 2
     assert "unknown template" in capsys.readouterr().err
 
+
+
+# --- further attacks: options, templates, names ----------------------------------------------------------
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("max_len", "99999999999999999999999", "option 'max_len'"), ("train_batch_size", "1e400", "expects int"),
+    ("lr", "1e400", "option 'lr'"), ("num_epochs", "2147483648", "option 'num_epochs'"),
+    ("experiment_name", "a\nb", "plain folder name"), ("experiment_group", "x" * 300, "plain folder name")])
+def test_values_out_of_any_sensible_range_are_one_line(tmp_path, capsys, option, value, expected):
+    assert main(["train", "--templates", "train_vae", f"--{option}", value, "--experiment_root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text,expected", [("templates: 5\n", "'templates' must be a template name"),
+                                           ("templates: [train_vae]\nlearning_rate: 0.1\n", "unknown option")])
+def test_a_bad_template_is_named(tmp_path, text, expected):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"template '{path}': {expected}"):
+        build_config([str(path)])
+
+
+def test_a_data_file_whose_name_makes_no_folder_asks_for_a_group(tmp_path):
+    with pytest.raises(UserError, match="makes no folder name.*--experiment_group"):
+        build_config(["train_vae"], {"data_file": str(tmp_path / "..csv")})
+
+
+# --- further attacks: resumes that would lose or rewrite a run ---------------------------------------------
+
+def resume_args(finished: Path, *extra: str) -> list[str]:
+    return ["train", *extra, "--data_file", str(finished.parents[2] / "ratings.csv"), "--experiment_root",
+            str(finished.parents[1]), "--experiment_name", finished.name, "--resume", "--quiet"]
+
+
+def test_a_finished_run_is_not_resumed_without_a_higher_epoch_limit(finished, capsys):
+    def contents():
+        return {p: p.read_bytes() for p in finished.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = contents()
+    assert main(resume_args(finished, *OPTIONS)) == 2           # the same --num_epochs 4
+    assert main(resume_args(finished)) == 2                     # no --num_epochs: not "until early stopping"
+    err = capsys.readouterr().err
+    assert err.count("holds a finished run of 4 epochs; to continue it pass --resume --num_epochs N") == 2, err
+    assert contents() == before
+
+
+def test_a_resume_without_the_templates_keeps_the_saved_names(finished):
+    (finished / "status").write_text("interrupted\n")          # as if killed after epoch 4's checkpoint
+    assert main(resume_args(finished, "--num_epochs", "5")) == 0
+    saved = json.loads((finished / "config.json").read_text())
+    assert saved["model_label"] == "VAE_tw" and saved["templates"] == ["train_vae"] and saved["num_epochs"] == 5
+
+
+def test_a_best_model_copied_over_the_checkpoint_is_one_line(finished, capsys):
+    shutil.copy(finished / "models" / "best_model.pth", finished / "models" / "recent_checkpoint.pth")
+    (finished / "status").write_text("interrupted\n")
+    assert main(resume_args(finished, *OPTIONS)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a resumable checkpoint" in err and "--overwrite" in err, err
+
+
+def test_a_checkpoint_of_another_model_is_one_line(finished, capsys):
+    (finished / "status").write_text("interrupted\n")
+    args = resume_args(finished, *OPTIONS)
+    other = [*args[:args.index("--experiment_name")], "--experiment_name", "other", "--quiet",
+             "--encoder_hidden_layer", "20"]
+    assert main([a for a in other if a != "--resume"]) == 0
+    shutil.copy(finished.parent / "other" / "models" / "recent_checkpoint.pth", finished / "models")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "size mismatch" in err, err
+
+
+def test_a_damaged_checkpoint_message_gives_no_unpickling_advice(finished, capsys):
+    (finished / "models" / "best_model.pth").write_bytes(b"<!DOCTYPE html><html>Not found</html>")
+    assert main(["evaluate", "--experiment", str(finished)]) == 2
+    err = capsys.readouterr().err
+    assert "weights_only" not in err and "damaged or not an esapr checkpoint" in err, err
+
+
+# --- further attacks: damaged tables and status -------------------------------------------------------------
+
+def test_log_tables_with_nan_epochs_or_foreign_columns_are_read_and_rewritten_whole(tmp_path):
+    experiment = Experiment(tmp_path / "run")
+    experiment.tables.mkdir(parents=True)
+    (experiment.tables / "train_log.csv").write_text("epoch,foo\n1,a\nnan,b\ninf,c\n2,d\n")
+    assert [r["epoch"] for r in experiment.read_table("train_log")] == ["1", "2"]
+    experiment.append_row("train_log", {"epoch": 3, "loss": 0.5})
+    assert (experiment.tables / "train_log.csv").read_text().splitlines() == \
+        ["epoch,foo,loss", "1,a,", "2,d,", "3,,0.5"]
+
+
+def test_a_status_file_that_is_not_text_reads_as_interrupted(tmp_path):
+    experiment = Experiment(tmp_path)
+    (tmp_path / "status").write_bytes(b"\xff\xfe\x00")
+    assert experiment.status() == "interrupted"
+
+
+def test_results_leave_out_runs_with_values_of_the_wrong_kind(finished, capsys):
+    for name, text in (("metrics", '{"test": {"NDCG@10": "abc"}}'), ("shape", '{"test": 5}')):
+        shutil.copytree(finished, finished.parent / name)
+        (finished.parent / name / "results.json").write_text(text)
+    shutil.copytree(finished, finished.parent / "label")
+    config = json.loads((finished / "config.json").read_text())
+    (finished.parent / "label" / "config.json").write_text(json.dumps({**config, "model_label": ["x"]}))
+    assert main(["results", "--root", str(finished.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "VAE_tw" in out and all(f"{finished.parent / name}: damaged" in out for name in ("metrics", "label"))
+
+
+@pytest.mark.parametrize("args,expected", [(["--digits", "-5"], "--digits is -5"),
+                                           (["--png", "t.xyz"], "t.xyz: a figure is saved as one of")])
+def test_results_options_are_checked_before_anything_is_shown(finished, capsys, args, expected):
+    assert main(["results", "--root", str(finished.parent), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and expected in captured.err and captured.err.count("\n") == 1
+
+
+def test_a_flag_that_takes_a_value_is_refused_bare(finished, capsys):
+    assert main(["recommend", "--experiment", str(finished), "--user"]) == 2
+    assert "option '--user' needs a value" in capsys.readouterr().err
+
+
+# --- further attacks: files outside the folder, leftovers, permissions --------------------------------------
+
+@pytest.mark.parametrize("link", ["models", ".lock", "group"])
+def test_links_planted_in_the_root_are_refused(finished, tmp_path, capsys, link):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    target = {"models": finished / "models", ".lock": finished / ".lock", "group": finished.parent}[link]
+    if link == "group":
+        shutil.move(str(finished.parent), str(outside / "ratings"))
+        target.symlink_to(outside / "ratings")
+    else:
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        target.symlink_to(outside / "precious" if link == ".lock" else outside)
+    assert main(["train", *OPTIONS, "--data_file", str(finished.parents[2] / "ratings.csv"), "--experiment_root",
+                 str(finished.parents[1]), "--experiment_name", "reference", "--overwrite"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert (outside / "precious").read_text() == "keep"
+
+
+def test_the_lock_holder_removes_temporary_files_of_killed_writers(finished):
+    leftovers = [finished / ".config.json.x1.tmp", finished / "models" / ".recent_checkpoint.pth.x2.tmp"]
+    for path in leftovers:
+        path.write_text("half")
+    with Experiment(finished).lock():
+        assert not any(path.exists() for path in leftovers)
+    assert (finished / "config.json").is_file()
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from esapr.files import atomic_write_text
+    atomic_write_text(tmp_path / "a.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_data_file_edited_in_place_with_its_size_and_time_kept_is_prepared_again(tmp_path):
+    from esapr.data.sources import file_fingerprint
+    path = tmp_path / "ratings.csv"
+    path.write_text("user,item\n1,2\n")
+    before, stat = file_fingerprint(path), path.stat()
+    path.write_text("user,item\n1,3\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert file_fingerprint(path) != before
+
+
+def test_a_folder_or_a_pipe_as_data_file_says_what_it_is(tmp_path):
+    pipe = tmp_path / "ratings.csv"
+    os.mkfifo(pipe)
+    with pytest.raises(UserError, match="not a regular file"):
+        from esapr.data.prepare import raw_file
+        raw_file(build_config(["train_vae"], {"data_file": str(pipe)}))
+
+
+def test_an_unreadable_titles_file_is_left_out_with_a_warning(tmp_path):
+    from esapr.data.sources import SOURCES
+    (tmp_path / "u.item").write_bytes(b"")
+    with pytest.warns(UserWarning, match="u.item: no titles"):
+        assert SOURCES["ml-100k"].titles(tmp_path) == {}
+
+
+@pytest.mark.parametrize("every,expected", [("10000", "interrupted before the first checkpoint"),
+                                            ("0", "keeps its last checkpoint: continue with --resume")])
+def test_sigterm_ends_a_run_as_interrupted_saying_what_was_kept(workspace, every, expected):
+    import signal
+    import time
+    name = f"terminated-{every}"
+    process = start_cli([*train_args(name), "--num_epochs", "100000", "--saturation_wait_epochs", "100000",
+                         "--checkpoint_every_seconds", every], workspace)
+    folder = folder_of(workspace, name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (folder / "tables" / "val_log.csv").is_file():
+        time.sleep(0.05)
+    if every == "0":
+        while time.monotonic() < deadline and not (folder / "models" / "recent_checkpoint.pth").is_file():
+            time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and expected in err and "Traceback" not in err, err
+    assert (folder / "status").read_text() == "interrupted\n"

@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 
 from esapr.data.sources import DatasetSource
 from esapr.errors import UserError
+from esapr.files import missing_folders, remove_empty
 
 TIMEOUT_S = 60            # seconds without data before a download is abandoned
 ATTEMPTS = 2              # a truncated download is tried this many times in all
@@ -67,13 +68,12 @@ def ensure_raw(source: DatasetSource, local_data_folder: Path, url: str | None =
     if valid:                               # an archive placed by hand: unpack it, no download
         _unpack(valid[0], source, folder)
     else:
-        created = not folder.exists()
+        created = missing_folders(folder)
         try:
             _download_verified(source, folder, url or source.url, default=(url is None or url == source.url),
                                notes=notes)
         except BaseException:
-            if created and folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()              # leave no empty folder behind a failed download
+            remove_empty(created)           # leave no empty folders behind a failed download
             raise
     for path in broken:                     # superseded by a good archive: the broken leftovers go
         path.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from esapr.data.negatives import cached_negatives
 from esapr.data.sequences import Sequences, build_sequences
 from esapr.data.sources import SOURCES, file_fingerprint, read_user_file
 from esapr.errors import UserError
-from esapr.files import FolderLock
+from esapr.files import FolderLock, remove_leftovers
 
 
 @dataclass
@@ -61,6 +61,11 @@ def raw_file(config: Config) -> Path:
     """The raw ratings file: the user's, or the registry dataset's (downloaded once)."""
     if config.data_file:
         path = Path(config.data_file)
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; --data_file takes a ratings or sequence file")
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: not a regular file (a pipe or a device); save the data to a file and pass "
+                            f"that as --data_file")
         if not path.is_file():
             raise UserError(f"{path}: file not found; check --data_file")
         return path
@@ -85,6 +90,7 @@ def _cache_lock(folder: Path):
     lock = FolderLock(folder, "it is preparing this data")
     lock.acquire(wait=True, on_wait=lambda message: print(f"esapr: {message}", file=sys.stderr))
     try:
+        remove_leftovers(folder)
         yield
     finally:
         lock.release()

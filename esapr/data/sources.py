@@ -407,8 +407,12 @@ def _movielens_titles(filename: str, sep: str, encoding: str, header: bool = Fal
         path = folder / filename
         if not path.is_file():
             return {}
-        frame = pd.read_csv(path, sep=sep, header=0 if header else None, encoding=encoding,
-                            usecols=[0, 1], engine="python" if len(sep) > 1 else "c", quotechar='"')
+        try:
+            frame = pd.read_csv(path, sep=sep, header=0 if header else None, encoding=encoding,
+                                usecols=[0, 1], engine="python" if len(sep) > 1 else "c", quotechar='"')
+        except (ValueError, UnicodeDecodeError, OSError) as error:   # titles are a courtesy: go on without
+            warnings.warn(f"{path}: no titles ({type(error).__name__}: {str(error).strip()[:100]})", stacklevel=2)
+            return {}
         return dict(zip(frame.iloc[:, 0].tolist(), frame.iloc[:, 1].astype(str).tolist()))
     return titles
 
@@ -432,7 +436,9 @@ SOURCES: dict[str, DatasetSource] = {s.code: s for s in [
 
 
 def file_fingerprint(path: Path) -> str:
-    """Short key for a user file: changes when the file's path, size or modification time does."""
+    """Short key for a raw file: changes when its path, size, modification time or status-change
+    time does. Every write to a file sets the last to now (a tool that restores the modification
+    time cannot restore it), so a file edited in place never matches its old cache."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     return hashlib.sha1(key.encode()).hexdigest()[:10]

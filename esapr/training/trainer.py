@@ -21,13 +21,17 @@ import torch
 
 from esapr.config import Config, resumed_config
 from esapr.data.prepare import PreparedData, prepare_data
-from esapr.errors import UserError
+from esapr.errors import Interrupted, UserError
 from esapr.experiment import Experiment, experiment_path
 from esapr.models import DataInfo, build_model
 from esapr.progress import Progress, make_progress
 from esapr.registry import family
 from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks
 from esapr.training.precision import choose_precision, make_deterministic
+
+
+# what a resumable checkpoint holds besides the optional GradScaler state
+RESUMABLE = ("model", "optimizer", "lr_scheduler", "schedule", "state", "best_model")
 
 
 @dataclass
@@ -163,14 +167,25 @@ class Trainer:
                 "schedule": self.schedule.state_dict(), "state": asdict(self.state),
                 "best_model": self.best_weights}
 
-    def restore(self, checkpoint: dict, experiment: Experiment) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-        if checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.schedule.load_state_dict(checkpoint["schedule"], self.model)
-        self.state = TrainState(**checkpoint["state"])
+    def restore(self, checkpoint: dict, path) -> None:
+        """The training state of a resumable checkpoint (read from ``path``); one that is not
+        this run's is a UserError."""
+        fix = "start the run again with --overwrite"
+        missing = [key for key in RESUMABLE if key not in checkpoint]
+        if missing:
+            raise UserError(f"{path}: not a resumable checkpoint (it has no {', '.join(missing)}; a copy of "
+                            f"best_model.pth?); {fix}")
+        Experiment.load_state(self.model, checkpoint["model"], path)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            if checkpoint.get("scaler"):
+                self.scaler.load_state_dict(checkpoint["scaler"])
+            self.schedule.load_state_dict(checkpoint["schedule"], self.model)
+            self.state = TrainState(**checkpoint["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"{path}: the checkpoint does not fit this run ({type(error).__name__}: "
+                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); {fix}") from None
         self.best_weights = checkpoint["best_model"]
 
     def _keep_best(self, weights: dict) -> None:
@@ -204,7 +219,7 @@ class Trainer:
     # --- the run -------------------------------------------------------------------------------
     def resume_from(self, experiment: Experiment) -> None:
         """Continue from the folder's checkpoint; log rows after it are dropped."""
-        self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment)
+        self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment.recent_checkpoint)
         experiment.truncate_tables(self.state.epoch)
 
     def fit(self, experiment: Experiment) -> dict:
@@ -275,8 +290,10 @@ class Trainer:
         return results
 
 
-def train(config: Config, data: PreparedData | None = None, progress: Progress | bool | str = True) -> dict:
+def train(config: Config, data: PreparedData | None = None, progress: Progress | bool | str = True,
+          given: frozenset[str] | None = None) -> dict:
     """Prepare data, train, test the best model; returns the results (also in results.json).
+    ``given`` names the options a command line set (see ``resumed_config``).
 
     The process holds the experiment folder's lock throughout. The folder's files are touched
     only once the data is prepared and the model is built, so a run that fails before that
@@ -287,7 +304,8 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
         experiment.check_can_train(config)
         if config.resume:
             saved = experiment.read_config()
-            config = resumed_config(saved, config, experiment.path)
+            config = resumed_config(saved, config, experiment.path, given)
+            experiment.check_can_extend(saved, config)
         data = data or prepare_data(config)
         if config.resume:
             experiment.check_data(data.fingerprint)
@@ -302,9 +320,17 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
                                       "data_fingerprint": data.fingerprint})
         try:
             return trainer.fit(experiment)
-        except BaseException:
+        except BaseException as error:
             with suppress(Exception):    # a checkpoint being written is finished first; the original error matters
                 experiment.wait_for_saves()
             with suppress(OSError):      # a full disk may refuse this too
                 experiment.set_status("interrupted")
+            if isinstance(error, KeyboardInterrupt):
+                raise Interrupted(_interrupted_message(experiment)) from None
             raise
+
+
+def _interrupted_message(experiment: Experiment) -> str:
+    if experiment.recent_checkpoint.is_file():
+        return f"interrupted; {experiment.path} keeps its last checkpoint: continue with --resume"
+    return f"interrupted before the first checkpoint of {experiment.path}; run the same command again to start over"
