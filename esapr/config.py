@@ -19,7 +19,7 @@ import yaml
 
 from esapr.data.sources import SOURCES
 from esapr.errors import UserError
-from esapr.registry import FAMILIES, family
+from esapr.registry import FAMILIES, LOSSES, family
 
 
 @dataclass(frozen=True)
@@ -172,11 +172,33 @@ class Config:
     time_unit_divide: int = _opt(1, "MEANTIME time unit", group="model", valid=AT_LEAST_1)
     freq: int = _opt(10000, "MEANTIME kernel base frequency", group="model", valid=POSITIVE)
     tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model", valid=SIZE)
+    loss: str = _opt("bce", "SASRec/TiSASRec training loss at every labelled position: bce (the original: against "
+                            "one negative from the user's pool), ce (softmax over every item), sampled_ce (softmax "
+                            "over the next item and num_negatives uniform items shared by the batch); other models "
+                            "have their own loss and take only the default", LOSSES, "model")
+    num_negatives: int = _opt(256, "sampled_ce: items drawn uniformly (with replacement) per batch", group="model",
+                              valid=Range(1, 10**6))
     marank_max_len: int = _opt(6, "MARank context length", group="model", valid=Range(1, 10**5))
     marank_num_att_layers: int = _opt(2, "MARank attention layers", group="model", valid=AT_LEAST_0)
     marank_num_linear_layers: int = _opt(2, "MARank residual layers", group="model", valid=AT_LEAST_0)
     absolute_kernel_types: str = _opt("p-d", "MEANTIME absolute kernels from p, d, c ('-'-separated)", group="model")
     relative_kernel_types: str = _opt("s-l", "MEANTIME relative kernels from s, e, l ('-'-separated)", group="model")
+    # --- closed-form linear models: a setting per epoch, the best on validation is tested ----------
+    ease_lambdas: list[float] = _opt([20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0],
+                                     "EASE L2 regularisers, fitted in turn (one per epoch); the best on validation "
+                                     "is tested", group="linear", valid=POSITIVE)
+    slist_lambdas: list[float] = _opt([10.0, 50.0, 200.0, 1000.0], "SLIST L2 regularisers, each fitted with every "
+                                      "alpha (one setting per epoch); the best on validation is tested",
+                                      group="linear", valid=POSITIVE)
+    slist_alphas: list[float] = _opt([0.2, 0.5, 0.8], "SLIST weight of the session part against the transition "
+                                                      "part (1: weighted EASE)", group="linear", valid=Range(0, 1))
+    # --- ESAPR+: ESAPR with SLIST's closed-form path blended into its scores -----------------------
+    linear_weight: float = _opt(0.0, "ESAPR+: weight of the linear path's standardised scores added to the VAE's "
+                                     "(0: ESAPR's scores)", group="linear", valid=AT_LEAST_0)
+    linear_lambda: float = _opt(50.0, "ESAPR+: the linear path's L2 regulariser (SLIST's lambda)", group="linear",
+                                valid=POSITIVE)
+    linear_alpha: float = _opt(0.8, "ESAPR+: the linear path's weight of the session part (SLIST's alpha)",
+                               group="linear", valid=Range(0, 1))
 
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -436,7 +458,7 @@ def validate(config: Config) -> None:
     if config.resume and config.overwrite:
         raise UserError("option 'resume' and option 'overwrite' are both set; choose one: --resume continues the "
                         "saved run, --overwrite replaces it")
-    family(config.model_code).check(config)
+    family(config.model_code).validate(config)
 
 
 def describe_options(config: Config | None = None, groups: tuple[str, ...] | None = None) -> str:

@@ -16,6 +16,8 @@ from esapr.errors import UserError
 # exponential, log)
 ABSOLUTE_KERNELS = ("p", "d", "c")
 RELATIVE_KERNELS = ("s", "e", "l")
+# the values of --loss; the families with ``takes_loss`` read it, the others train with their own loss
+LOSSES = ("bce", "ce", "sampled_ce")
 
 
 def kernel_kinds(text: str | None) -> list[str]:
@@ -58,8 +60,14 @@ def check_bert(config) -> None:
     _check_transformer(config)
 
 
+def _check_grid(config, *options: str) -> None:
+    for option in options:
+        _require(len(getattr(config, option)) >= 1, option, getattr(config, option), "give at least one value")
+
+
 def check_sas(config) -> None:
-    _check_negatives(config)
+    if config.loss == "bce":
+        _check_negatives(config)
     _check_transformer(config)
 
 
@@ -93,6 +101,15 @@ def check_marank(config) -> None:
         _require(getattr(config, option) >= 0, option, getattr(config, option), "allowed: 0 or more")
 
 
+def check_ease(config) -> None:
+    _check_grid(config, "ease_lambdas")
+
+
+def check_slist(config) -> None:
+    _check_grid(config, "slist_lambdas", "slist_alphas")
+    _require(config.max_len >= 2, "max_len", config.max_len, "SLIST needs at least 2 (a history item and a target)")
+
+
 @dataclass(frozen=True)
 class Family:
     code: str                       # the model_code
@@ -101,6 +118,14 @@ class Family:
     builder: str                    # "module:Class" of the batch builder
     batch: str                      # the batch type's name in esapr.data.batches.types
     check: Callable[[Any], None] = field(default=lambda config: None)
+    takes_loss: bool = False        # whether it trains with the loss that --loss names
+
+    def validate(self, config) -> None:
+        """The family's own checks, and --loss left at its default where the family does not read it."""
+        _require(self.takes_loss or config.loss == LOSSES[0], "loss", config.loss,
+                 f"model '{self.code}' trains with its own loss; --loss applies to "
+                 f"{', '.join(code for code, f in FAMILIES.items() if f.takes_loss)}")
+        self.check(config)
 
     def model_class(self) -> type:
         return _load(self.model)
@@ -122,14 +147,20 @@ FAMILIES: dict[str, Family] = {f.code: f for f in (
     Family("marank", "MARank", "esapr.models.marank:MARank", "esapr.data.batches.sas:MarankBatches",
            "SequenceBatch", check_marank),
     Family("sas", "SASRec", "esapr.models.sasrec:SASRec", "esapr.data.batches.sas:SasBatches", "SequenceBatch",
-           check_sas),
+           check_sas, takes_loss=True),
     Family("tisas", "TiSASRec", "esapr.models.tisasrec:TiSASRec", "esapr.data.batches.sas:TisasBatches",
-           "SequenceBatch", check_tisas),
+           "SequenceBatch", check_tisas, takes_loss=True),
     Family("bert", "BERT4Rec", "esapr.models.bert4rec:BERT4Rec", "esapr.data.batches.bert:BertBatches",
            "SequenceBatch", check_bert),
     Family("meantime", "MEANTIME", "esapr.models.meantime:MEANTIME", "esapr.data.batches.bert:MeantimeBatches",
            "SequenceBatch", check_meantime),
     Family("vae", "VAE", "esapr.models.vae:VAE", "esapr.data.batches.vae:VaeBatches", "BagBatch", check_vae),
+    Family("esapr_plus", "ESAPR+", "esapr.models.esapr_plus:EsaprPlus", "esapr.data.batches.vae:VaeBatches",
+           "BagBatch", check_vae),
+    Family("ease", "EASE", "esapr.models.ease:EASE", "esapr.data.batches.history:HistoryBatches", "HistoryBatch",
+           check_ease),
+    Family("slist", "SLIST", "esapr.models.slist:SLIST", "esapr.data.batches.history:RecentHistoryBatches",
+           "HistoryBatch", check_slist),
 )}
 
 

@@ -113,7 +113,8 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
             values = _metrics_of(experiment, results, split)
             if not values:
                 continue
-            row = {str(k): float(v) for k, v in values.items() if k != "epoch" and v not in (None, "")}
+            # metrics only (a closed-form model's val_log row also names its setting)
+            row = {str(k): float(v) for k, v in values.items() if _METRIC.match(str(k)) and v not in (None, "")}
             record = (_dataset_label(config, results), model_label(config), path, row)
             if not all(isinstance(label, str) for label in record[:2]):
                 raise TypeError(f"model or dataset name {record[:2]!r} is not text")
@@ -338,7 +339,8 @@ def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: s
 
 
 def plot_curves(path, png=None, metric: str | None = None):
-    """Validation ``metric`` (default NDCG@10) and training loss per epoch of one experiment, with
+    """Validation ``metric`` (default NDCG@10) and training loss (of a closed-form model: the seconds
+    each setting took) per epoch of one experiment, with
     vertical lines where ESAPR's recover_len changed (a transfer stage began) and the best epoch."""
     from matplotlib.figure import Figure
 
@@ -364,7 +366,9 @@ def plot_curves(path, png=None, metric: str | None = None):
     best = val.loc[val[metric].idxmax()]
     top.plot([best["epoch"]], [best[metric]], marker="*", color="tab:red", ms=12, ls="none",
              label=f"best {best[metric]:.4f} @ epoch {int(best['epoch'])}")
-    bottom.plot(train["epoch"], train["loss"], color="tab:orange", lw=1.4, label="train loss")
+    # a closed-form model has no loss: its epochs are the settings it fitted, each in some seconds
+    lower, lower_label = ("loss", "train loss") if "loss" in train.columns else ("seconds", "fit seconds")
+    bottom.plot(train["epoch"], train[lower], color="tab:orange", lw=1.4, label=lower_label)
     stage_changes = 0
     if "recover_len" in train.columns:
         stages = train["recover_len"].to_numpy()
@@ -379,7 +383,7 @@ def plot_curves(path, png=None, metric: str | None = None):
                              xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.3",
                              ha="center", va="bottom")
     top.set_ylabel(metric)
-    bottom.set_ylabel("loss")
+    bottom.set_ylabel(lower)
     bottom.set_xlabel("epoch")
     top.legend(loc="best", fontsize=8)
     bottom.legend(loc="upper right", fontsize=8)

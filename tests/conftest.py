@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.synthetic import write_ratings_csv
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -146,3 +148,9 @@ def run_cli(tmp_path):
         out, err = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
     return run
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    """A small synthetic ratings file (60 users), one per test module."""
+    return write_ratings_csv(tmp_path_factory.mktemp("ratings") / "ratings.csv", n_users=60)

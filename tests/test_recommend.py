@@ -21,7 +21,8 @@ TINY = dict(max_len=16, train_window=2, train_batch_size=64, val_batch_size=50, 
             test_negative_sample_size=20, num_epochs=1, device="cpu")
 FAMILY = {"vae": ("train_vae", {}), "bert": ("train_bert", {}),
           "sas": ("train_sas", {"train_negative_sample_size": 20}),
-          "marank": ("train_marank", {"train_negative_sample_size": 20})}
+          "marank": ("train_marank", {"train_negative_sample_size": 20}),
+          "ease": ("train_ease", {}), "slist": ("train_slist", {})}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def reference_scores(loaded, user_row: int) -> torch.Tensor:
         return model.scores(batch)[0, : seqs.n_items + 1].float()
 
 
-@pytest.mark.parametrize("code", ["vae", "bert", "sas", "marank"])
+@pytest.mark.parametrize("code", ["vae", "bert", "sas", "marank", "ease", "slist"])
 def test_known_user_top10_matches_model_scores(experiments, code):
     loaded = load_experiment(experiments(code))
     seqs = loaded.data.sequences
@@ -91,7 +92,7 @@ def test_known_user_top10_matches_model_scores(experiments, code):
     assert (np.diff(top["score"].to_numpy()) <= 0).all()
 
 
-@pytest.mark.parametrize("code", ["vae", "bert", "sas"])
+@pytest.mark.parametrize("code", ["vae", "bert", "sas", "ease", "slist"])
 def test_new_history_equals_known_user_with_that_history(experiments, code):
     """These models have no user embedding: a new history scores like the same known history."""
     loaded = load_experiment(experiments(code))

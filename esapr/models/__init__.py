@@ -1,5 +1,6 @@
 """What every model is to the trainer: ``forward(batch)`` returns the training loss, ``scores``
-scores every item, ``candidate_scores`` the evaluation candidates. The registry
+scores every item, ``candidate_scores`` the evaluation candidates; a closed-form model (EASE,
+SLIST) has no loss but a grid of settings it fits exactly (``closed_form_grid``). The registry
 (``esapr.registry``) maps model_code to the class."""
 from __future__ import annotations
 
@@ -50,6 +51,20 @@ class SequentialModel(nn.Module):
 
     def make_schedule(self, config) -> Schedule:
         return Schedule()
+
+    def prepare(self, data) -> None:
+        """Fit what the model computes in closed form from the training data (``PreparedData``),
+        before its first epoch; nothing by default."""
+
+    def closed_form_grid(self) -> list[dict] | None:
+        """A closed-form model's settings (option -> value), fitted in order by ``fit_closed_form``,
+        one per epoch; the trainer validates each and keeps the best. None (the default): the
+        model is trained by gradient steps on ``forward``'s loss."""
+        return None
+
+    def fit_closed_form(self, setting: dict, batches) -> None:
+        """Set the weights to the exact solution for ``setting`` on ``batches``' training rows."""
+        raise NotImplementedError
 
 
 def build_model(config, info: DataInfo) -> SequentialModel:

@@ -3,13 +3,15 @@
 Embedding: token + positional, dropout (no sqrt(H) scale, no re-masking of padding between
 blocks, as the original). Block: q = LN1(x); a = MHA(query=q, key=x, value=x) without output
 linear; x = q + a; z = LN2(x); out = z + Dropout(FFN(z)) with an H -> H -> H ReLU FFN with middle
-dropout. A final LayerNorm. Causal + key-padding attention. Loss: binary cross-entropy of the
-next item against one sampled negative per position (§5.2). ``residual_ln_type``, ``headtype``
-and ``head_use_ln`` do not apply.
+dropout. A final LayerNorm. Causal + key-padding attention. Loss (``--loss``): binary
+cross-entropy of the next item against one sampled negative per position (bce, §5.2, the
+original), or softmax cross-entropy against every item (ce) or against sampled items
+(sampled_ce). ``residual_ln_type``, ``headtype`` and ``head_use_ln`` do not apply.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from esapr.data.batches.types import SequenceBatch
@@ -41,6 +43,32 @@ def next_item_bce_loss(hidden: torch.Tensor, labels: torch.Tensor, negatives: to
     return -terms.sum(), rows.numel()
 
 
+def next_item_ce_loss(hidden: torch.Tensor, labels: torch.Tensor, table: torch.Tensor,
+                      sampled: torch.Tensor | None = None) -> tuple[torch.Tensor, int | torch.Tensor]:
+    """(sum, count) over the positions with label > 0 of the softmax cross-entropy of the label,
+    the logits being hidden . table[item]. ``sampled`` None: over every item 1..n_items (``table``
+    rows 1..; row 0, the padding, is no class). Else over the label (index 0) and the ``sampled``
+    items [K], the same for every position; a sampled item equal to the label is left out of
+    that position's softmax. Uniform sampling needs no logQ correction: it would shift every
+    sampled logit by the same constant, and the label's by that constant too (Jean et al.)."""
+    flat, h = labels.reshape(-1), hidden.reshape(-1, hidden.size(-1))
+    rows = labelled_rows(labels, table.size(0) if sampled is None else sampled.numel() + 1)
+    if rows is not None:
+        flat, h = flat.index_select(0, rows), h.index_select(0, rows)
+    h, table = h.float(), table.float()
+    if sampled is None:
+        logits, target = h @ table[1:].t(), (flat - 1).clamp(min=0)
+    else:
+        negative = (h @ table[sampled].t()).masked_fill(sampled == flat.unsqueeze(1), float("-inf"))
+        logits = torch.cat([(h * table[flat]).sum(-1, keepdim=True), negative], dim=1)
+        target = torch.zeros_like(flat)
+    terms = F.cross_entropy(logits, target, reduction="none")
+    if rows is None:           # every position; the unlabelled ones weigh 0
+        labelled = flat > 0
+        return (terms * labelled).sum(), labelled.sum()
+    return terms.sum(), rows.numel()
+
+
 class SasBlock(nn.Module):
     """The exact-SAS block around any attention ``attend(query_rows, keys_values, mask, **kw)``."""
 
@@ -60,15 +88,29 @@ class SasBlock(nn.Module):
 
 
 class SasModelBase(SequentialModel):
-    """Shared by SASRec and TiSASRec: the token table, the final LayerNorm, the loss and scoring
-    against the token embedding (no head, no bias)."""
+    """Shared by SASRec and TiSASRec: the token table, the loss and scoring against the token
+    embedding (no head, no bias)."""
+
+    def __init__(self, config, info: DataInfo):
+        super().__init__()
+        self.hidden = config.hidden_units
+        self.n_classes = info.n_items + 1
+        self.token = nn.Embedding(info.n_items + 2, self.hidden, padding_idx=0)
+        self.loss = config.loss
+        self.num_negatives = config.num_negatives
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        return grouped_loss(batch, self.hidden, lambda b: next_item_bce_loss(self.encode(b), b.labels, b.negatives,
-                                                                            self.token))
+        if self.loss == "bce":
+            return grouped_loss(batch, self.hidden, lambda b: next_item_bce_loss(self.encode(b), b.labels,
+                                                                                b.negatives, self.token))
+        # drawn from the global generator, which the trainer seeds per epoch (as dropout)
+        sampled = (torch.randint(1, self.n_classes, (self.num_negatives,), device=batch.tokens.device)
+                   if self.loss == "sampled_ce" else None)
+        table = self.token.weight[:self.n_classes]
+        return grouped_loss(batch, self.hidden, lambda b: next_item_ce_loss(self.encode(b), b.labels, table, sampled))
 
     def scores(self, batch: SequenceBatch) -> torch.Tensor:
         return per_group(batch, self.hidden,
@@ -81,10 +123,8 @@ class SasModelBase(SequentialModel):
 
 class SASRec(SasModelBase):
     def __init__(self, config, info: DataInfo):
-        super().__init__()
-        hidden = self.hidden = config.hidden_units
-        self.n_classes = info.n_items + 1
-        self.token = nn.Embedding(info.n_items + 2, hidden, padding_idx=0)
+        super().__init__(config, info)
+        hidden = self.hidden
         self.position = PositionalEmbedding(config.max_len, hidden)
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(

@@ -70,11 +70,9 @@ class TimeIntervalAttention(nn.Module):
 
 class TiSASRec(SasModelBase):
     def __init__(self, config, info: DataInfo):
-        super().__init__()
-        hidden = self.hidden = config.hidden_units
-        self.n_classes = info.n_items + 1
+        super().__init__(config, info)
+        hidden = self.hidden
         self.clip = config.tisas_max_time_intervals
-        self.token = nn.Embedding(info.n_items + 2, hidden, padding_idx=0)
         self.position_key = PositionalEmbedding(config.max_len, hidden)
         self.position_value = PositionalEmbedding(config.max_len, hidden)
         self.time_key = nn.Embedding(self.clip + 1, hidden)

@@ -45,20 +45,26 @@ def full_ranks(scores: Tensor, answers: Tensor, mask_rows: Tensor, mask_items: T
     return competes.sum(dim=1)
 
 
-def history_pairs(offsets: Tensor, items: Tensor, users: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
-    """The (batch row, item) pairs of each batch user's visible history ``items[offsets[u]:end]``
-    (CSR arrays; ``ends`` absolute exclusive indices into ``items``), flattened with
-    repeat_interleave. Returns (rows, items), both int64 on ``items``' device."""
-    device = items.device
-    users = users.to(device=device, dtype=torch.long)
-    ends = ends.to(device=device, dtype=torch.long)
-    starts = offsets.to(device)[users].long()
+def ragged_positions(starts: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+    """Every index of the spans [starts[r], ends[r]) (empty where end <= start), flattened with
+    repeat_interleave: (span r of each, the index), both int64 on ``starts``' device."""
+    device = starts.device
+    starts, ends = starts.long(), ends.to(device=device, dtype=torch.long)
     lengths = (ends - starts).clamp(min=0)
     total = int(lengths.sum())                           # one sync, needed for the output size
-    rows = torch.repeat_interleave(torch.arange(len(users), device=device), lengths, output_size=total)
-    first = torch.cumsum(lengths, 0) - lengths           # where each row's pairs begin in the output
+    rows = torch.repeat_interleave(torch.arange(len(starts), device=device), lengths, output_size=total)
+    first = torch.cumsum(lengths, 0) - lengths           # where each span begins in the output
     position = torch.arange(total, device=device) + torch.repeat_interleave(starts - first, lengths,
                                                                             output_size=total)
+    return rows, position
+
+
+def history_pairs(offsets: Tensor, items: Tensor, users: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+    """The (batch row, item) pairs of each batch user's visible history ``items[offsets[u]:end]``
+    (CSR arrays; ``ends`` absolute exclusive indices into ``items``). Returns (rows, items), both
+    int64 on ``items``' device."""
+    users = users.to(device=items.device, dtype=torch.long)
+    rows, position = ragged_positions(offsets.to(items.device)[users], ends)
     return rows, items[position].long()
 
 

@@ -1,6 +1,10 @@
 """One training loop for every model: epochs, optimizer, StepLR, clipping, mixed precision,
 early stopping with the model's schedule at plateaus, checkpoint/resume and logging.
 
+A closed-form model (``closed_form_grid()`` not None) runs through the same loop without an
+optimizer: epoch k fits the grid's k-th setting exactly, is validated and logged (the setting in
+the val_log row), and the best setting's weights are kept and tested as any best epoch's.
+
 Everything random in an epoch is a function of the epoch number (global seeds and the batch
 builder's generator), so a run resumed from its checkpoint ends with the same results.
 
@@ -88,14 +92,18 @@ class Trainer:
         if config.compile:
             self.model.compile()   # forward (the training loss) only; the state_dict keeps its names
         self.batches = family(config.model_code).builder_class()(data, config, self.device)
+        self.model.prepare(data)
         self.schedule = self.model.make_schedule(config)
-        params = self.model.parameters()
-        if config.optimizer == "SGD":
-            self.optimizer = torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
-                                             momentum=config.momentum or 0.0)
-        else:
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.decay_step, config.gamma)
+        self.grid = self.model.closed_form_grid()       # None: trained by gradient steps
+        self.optimizer = self.lr_scheduler = None       # a closed-form model has nothing to step
+        if self.grid is None:
+            params = self.model.parameters()
+            if config.optimizer == "SGD":
+                self.optimizer = torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
+                                                 momentum=config.momentum or 0.0)
+            else:
+                self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.decay_step, config.gamma)
         self.precision = choose_precision(config.amp, config.amp_dtype, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.state = TrainState()
@@ -116,6 +124,20 @@ class Trainer:
             total += self.step(batch)
             count += 1
         return float(total) / max(1, count)
+
+    def run_epoch(self, epoch: int, limit: int | None = None) -> dict:
+        """Epoch ``epoch``: gradient steps (returns the loss and the learning rate to log), or a
+        closed-form model's fit of its grid's setting ``epoch`` (nothing to log)."""
+        if self.grid is not None:
+            self.model.fit_closed_form(self.setting(epoch), self.batches)
+            return {}
+        loss = self.train_epoch(epoch, limit)
+        self.lr_scheduler.step()
+        return {"loss": loss, "lr": self.lr_scheduler.get_last_lr()[0]}
+
+    def setting(self, epoch: int) -> dict:
+        """The grid setting a closed-form model fits in ``epoch`` ({} for a model trained by steps)."""
+        return {} if self.grid is None else dict(self.grid[epoch - 1])
 
     def step(self, batch) -> torch.Tensor:
         """One optimizer step on ``batch``; its loss (detached, float32, on the device)."""
@@ -162,8 +184,8 @@ class Trainer:
         """Everything a resumed run needs, including the best weights so far: a run resumed from
         an older checkpoint replays the later epochs, and a transfer stage in that replay must
         reload the best model as of then, not one the interrupted run saved afterwards."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+        return {"model": self.model.state_dict(), "optimizer": _state(self.optimizer),
+                "lr_scheduler": _state(self.lr_scheduler), "scaler": self.scaler.state_dict(),
                 "schedule": self.schedule.state_dict(), "state": asdict(self.state),
                 "best_model": self.best_weights}
 
@@ -177,8 +199,9 @@ class Trainer:
                             f"best_model.pth?); {fix}")
         Experiment.load_state(self.model, checkpoint["model"], path)
         try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+                self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
             if checkpoint.get("scaler"):
                 self.scaler.load_state_dict(checkpoint["scaler"])
             self.schedule.load_state_dict(checkpoint["schedule"], self.model)
@@ -226,8 +249,11 @@ class Trainer:
         config = self.config
         experiment.set_status("running")
         max_epochs = 1 if config.pilot else (config.num_epochs if config.num_epochs > 0 else 10**9)
+        if self.grid is not None:
+            max_epochs = min(max_epochs, len(self.grid))
         limit = 1 if config.pilot else None
-        self.progress.start_epochs(None if config.num_epochs <= 0 else max_epochs, self.state.epoch)
+        self.progress.start_epochs(None if config.num_epochs <= 0 and self.grid is None else max_epochs,
+                                   self.state.epoch)
         interval = (config.checkpoint_every_seconds if config.checkpoint_every_seconds is not None
                     else experiment.default_checkpoint_interval())
         saved_at = time.monotonic()
@@ -235,13 +261,13 @@ class Trainer:
             epoch = self.state.epoch + 1
             seed_everything(epoch)
             start = time.perf_counter()
-            loss = self.train_epoch(epoch, limit)
-            self.lr_scheduler.step()
+            trained = self.run_epoch(epoch, limit)
             train_seconds = time.perf_counter() - start
             val = self.evaluate("val", limit).metrics
-            experiment.append_row("train_log", {"epoch": epoch, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
-                                                "seconds": round(train_seconds, 4), **self.schedule.log_values()})
-            experiment.append_row("val_log", {"epoch": epoch, **val})
+            setting = self.setting(epoch)
+            experiment.append_row("train_log", {"epoch": epoch, **trained, "seconds": round(train_seconds, 4),
+                                                **self.schedule.log_values()})
+            experiment.append_row("val_log", {"epoch": epoch, **setting, **val})
             self._after_validation(epoch, val[config.best_metric])
             self.state.epoch = epoch
             self.state.train_seconds += time.perf_counter() - start
@@ -251,7 +277,7 @@ class Trainer:
                 saved_at = time.monotonic()
             self.progress.epoch_done(epoch, {config.best_metric: f"{val[config.best_metric]:.4f}",
                                              "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
-                                             **self.schedule.progress_values()})
+                                             **self.schedule.progress_values(), **setting})
         self.progress.close()
         return self.finish(experiment)
 
@@ -281,6 +307,8 @@ class Trainer:
         experiment.append_row("test_log", {"epoch": self.state.best_epoch, **test})
         experiment.write_ranks(self.data.sequences.user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
         results = {"test": test, "best_epoch": self.state.best_epoch, "best_val": self.state.best_metric,
+                   **({"best_setting": self.setting(self.state.best_epoch)}
+                      if self.grid is not None and self.state.best_epoch else {}),
                    "epochs": self.state.epoch, "train_seconds": round(self.state.train_seconds, 2),
                    "model_code": self.config.model_code, "dataset": self.data.name,
                    "experiment": str(experiment.path), "device": str(self.device), "device_name": self.device_name(),
@@ -328,6 +356,11 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
             if isinstance(error, KeyboardInterrupt):
                 raise Interrupted(_interrupted_message(experiment)) from None
             raise
+
+
+def _state(stepper) -> dict | None:
+    """An optimizer's or a learning-rate scheduler's state; None where a model has none."""
+    return None if stepper is None else stepper.state_dict()
 
 
 def _interrupted_message(experiment: Experiment) -> str:

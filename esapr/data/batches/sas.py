@@ -2,7 +2,8 @@
 
 Training (SAS): the T+1 items before the window end give T input tokens and, shifted by one,
 T labels (left padding 0); every label gets one negative drawn uniformly (with replacement)
-from the user's fixed training pool (``train_negatives``). Evaluation: the T items before the
+from the user's fixed training pool (``train_negatives``; none without a pool: the ce losses
+need none). Evaluation: the T items before the
 answer, without the answer and without a mask token.
 
 TiSASRec (``TisasBatches``): per-user rescaled times
@@ -47,7 +48,8 @@ class SasBatches(BatchBuilder):
     def __init__(self, data, config, device):
         super().__init__(data, config, device)
         # stored compactly; gathered entries are widened per batch
-        self.pool = torch.as_tensor(data.train_negatives.astype(np.int32), device=device)
+        self.pool = (None if data.train_negatives is None else
+                     torch.as_tensor(data.train_negatives.astype(np.int32), device=device))
 
     def _negatives(self, users: torch.Tensor, shape: tuple, generator: torch.Generator) -> torch.Tensor:
         """One uniform draw from each user's pool per slot: [B, *shape[1:]]."""
@@ -61,7 +63,8 @@ class SasBatches(BatchBuilder):
         seq = torch.where(valid, self.items[index], 0)
         tokens = seq[:, :-1]
         labels = torch.where(tokens > 0, seq[:, 1:], 0)
-        negatives = torch.where(labels > 0, self._negatives(users, labels.shape, generator), 0)
+        negatives = (None if self.pool is None else
+                     torch.where(labels > 0, self._negatives(users, labels.shape, generator), 0))
         times = self.data.timestamps
         return SequenceBatch(users=users, tokens=tokens, labels=labels, negatives=negatives,
                              timestamps=None if times is None else torch.where(valid, times[index], 0)[:, :-1])

@@ -58,3 +58,9 @@ class SequenceBatch(Batch):
     negatives: Tensor | None = None     # training: one negative per label
     timestamps: Tensor | None = None    # [B, T] raw unix seconds (MEANTIME) or rescaled times (TiSASRec)
     days: Tensor | None = None          # [B, T] day numbers (MEANTIME)
+
+
+@dataclass(kw_only=True)
+class HistoryBatch(Batch):
+    """EASE and SLIST: each user's history before the target as one row over the items."""
+    history: Tensor     # [B, n_items + 1] (column 0, the padding, is 0)
