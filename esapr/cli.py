@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esapr.config import OPTIONS, build_config, describe_options, given_options, template_names
-from esapr.errors import Interrupted, UserError
+from esapr.errors import Interrupted, UserError, first_line
 from esapr.registry import FAMILIES
 
 
@@ -236,7 +236,7 @@ def _run(argv: list[str]) -> int:
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
-        first = (str(error).strip().splitlines() or ["MemoryError"])[0]
+        first = first_line(error)
         print(f"esapr: error: out of memory ({first}); use a smaller batch size, max_len or model, or a machine "
               f"with more memory", file=sys.stderr)
         return 1

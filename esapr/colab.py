@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from esapr.errors import UserError
+from esapr.errors import UserError, first_line
 
 DRIVE_MOUNTPOINT = "/content/drive"
 
@@ -42,7 +42,7 @@ def mount_drive(mountpoint: str = DRIVE_MOUNTPOINT) -> Path | None:
         try:
             _drive_module().mount(mountpoint)
         except Exception as error:  # the Colab client raises plain exceptions (e.g. access denied)
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            first = first_line(error)
             raise UserError(f"Google Drive could not be mounted at {mountpoint} ({first}); run the cell "
                             f"again and allow access, or set USE_DRIVE = False to keep results on "
                             f"the runtime's disk") from None

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from esapr.config import RUN_ONLY, Config, build_config, config_differences, describe_differences
-from esapr.errors import UserError
+from esapr.errors import UserError, first_line
 from esapr.experiment import Experiment, experiment_path
 from esapr.files import atomic_write_text
 
@@ -271,7 +271,7 @@ def run_all(runs: list[Run], plans: list[RunPlan], jobs: int = 1, progress: Any 
             except (KeyboardInterrupt, UserError):   # bad input is the same for every run: stop
                 raise
             except Exception as error:    # one failed run (out of memory, NaN, ...) must not end the comparison
-                note = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                note = first_line(error)
                 say(f"    failed: {note}")
             outcomes[i] = _outcome(run, DONE[plan.action], time.perf_counter() - start, note)
         return [outcomes[i] for i in range(len(runs))]

@@ -33,7 +33,7 @@ import pandas as pd
 
 from esapr.colab import DRIVE_MOUNTPOINT
 from esapr.config import Config
-from esapr.errors import UserError
+from esapr.errors import UserError, first_line
 from esapr.files import FolderLock, atomic_write, atomic_write_text, refuse_links, remove_leftovers
 
 TABLES = ("train_log", "val_log", "test_log")
@@ -157,7 +157,7 @@ class Experiment:
         try:
             value = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise UserError(f"{path}: damaged ({_first_line(error)}); {fix}") from None
+            raise UserError(f"{path}: damaged ({first_line(error)}); {fix}") from None
         if not isinstance(value, dict):
             raise UserError(f"{path}: damaged (not a JSON object); {fix}")
         return value
@@ -221,7 +221,7 @@ class Experiment:
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as error:  # any failure to read means a damaged or foreign file
-            reason = _first_line(error)
+            reason = first_line(error)
             if "weights_only" in str(error) or "Weights only" in reason:   # torch's advice to unpickle: not here
                 reason = "it holds more than tensors and plain values"
             raise UserError(f"{path}: damaged or not an esapr checkpoint ({reason}); {fix}") from None
@@ -256,7 +256,7 @@ class Experiment:
         except RuntimeError as error:
             lines = [line.strip() for line in str(error).splitlines()]
             detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
-                          _first_line(error))
+                          first_line(error))
             raise UserError(f"{path}: the weights do not fit the model built from the data and options now "
                             f"({detail}); the data or the options changed since training") from None
 
@@ -277,7 +277,7 @@ class Experiment:
             with open(path, newline="") as handle:
                 rows = list(csv.DictReader(handle))
         except (OSError, UnicodeDecodeError, csv.Error) as error:
-            raise UserError(f"{path}: damaged ({_first_line(error)}); delete it to drop the log, or start the run "
+            raise UserError(f"{path}: damaged ({first_line(error)}); delete it to drop the log, or start the run "
                             f"again with --overwrite") from None
         return [r for r in rows if None not in r.values() and None not in r and _is_epoch(r.get("epoch"))]
 
@@ -318,7 +318,7 @@ class Experiment:
         try:
             frame = pd.read_csv(self.ranks_file)
         except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise UserError(f"{self.ranks_file}: damaged ({_first_line(error)}); `esapr evaluate` cannot rewrite "
+            raise UserError(f"{self.ranks_file}: damaged ({first_line(error)}); `esapr evaluate` cannot rewrite "
                             f"it yet: train again with --overwrite") from None
         if list(frame.columns) != ["user", "rank", "full_rank"]:
             raise UserError(f"{self.ranks_file}: damaged (columns {list(frame.columns)}); train again with --overwrite")
@@ -335,11 +335,6 @@ def _on_cpu(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_on_cpu(item) for item in value)
     return value
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _is_epoch(value) -> bool:

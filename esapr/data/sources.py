@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from esapr.errors import UserError
+from esapr.errors import UserError, first_line
 
 
 @dataclass
@@ -164,15 +164,10 @@ def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str
     except pd.errors.EmptyDataError:
         return _fail(path, "the file is empty", fix)
     except pd.errors.ParserError as error:
-        return _fail(path, f"cannot be parsed ({_first_line(error)}; expected {layout})", fix)
+        return _fail(path, f"cannot be parsed ({first_line(error)}; expected {layout})", fix)
     except UnicodeDecodeError as error:
-        return _fail(path, f"is not UTF-8 text ({_first_line(error)})", fix)
+        return _fail(path, f"is not UTF-8 text ({first_line(error)})", fix)
     return _fail(path, f"cannot be parsed as {layout}", fix)
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _to_raw(frame: pd.DataFrame) -> RawInteractions:

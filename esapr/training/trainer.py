@@ -25,7 +25,7 @@ import torch
 
 from esapr.config import Config, resumed_config
 from esapr.data.prepare import PreparedData, prepare_data
-from esapr.errors import Interrupted, UserError
+from esapr.errors import Interrupted, UserError, first_line
 from esapr.experiment import Experiment, experiment_path
 from esapr.models import DataInfo, build_model
 from esapr.progress import Progress, make_progress
@@ -208,7 +208,7 @@ class Trainer:
             self.state = TrainState(**checkpoint["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(f"{path}: the checkpoint does not fit this run ({type(error).__name__}: "
-                            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); {fix}") from None
+                            f"{first_line(error)}); {fix}") from None
         self.best_weights = checkpoint["best_model"]
 
     def _keep_best(self, weights: dict) -> None:
