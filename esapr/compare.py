@@ -14,6 +14,9 @@ an unfinished one resumed, a finished one whose epoch limit was raised is extend
 ``esapr train --resume --num_epochs N``), and one whose saved options differ is refused with both
 values named (``plan_run``, also used by the notebooks).
 
+A template written ``train_meantime:1`` runs only the first of the seeds (a slow model beside fast
+ones); its runs are the same a separate compare of it would train.
+
     esapr.compare(["train_vae", "train_sas"], seeds=[0, 1, 2], dataset_code="ml-100k")
 """
 from __future__ import annotations
@@ -155,16 +158,17 @@ def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[st
     overrides = dict(overrides or {})
     for name in ("resume", "templates"):
         overrides.pop(name, None)
-    templates = list(templates)
-    if not templates:
+    if not list(templates):
         raise UserError("compare needs templates: --templates train_vae train_sas ...")
-    if len(set(templates)) != len(templates):
-        raise UserError(f"a template is named twice in --templates {' '.join(templates)}")
     seeds = [_seed(s) for s in seeds]
     if not seeds:
         raise UserError("compare needs at least one seed: --seeds 0 1 2")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"a seed is named twice in --seeds {' '.join(map(str, seeds))}")
+    limited = [_seed_limit(str(entry), len(seeds)) for entry in templates]
+    templates = [template for template, _ in limited]
+    if len(set(templates)) != len(templates):
+        raise UserError(f"a template is named twice in --templates {' '.join(map(str, templates))}")
     for name in ("experiment_name",) + SEED_OPTIONS:
         if name in overrides:
             raise UserError(f"compare sets {name} itself (from --seeds and the template); drop --{name} "
@@ -174,14 +178,26 @@ def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[st
     if "metric_ks" not in overrides:
         overrides["metric_ks"] = sorted({k for config in bases.values() for k in config.metric_ks})
     runs = []
-    for template in templates:
+    for template, count in limited:
         base = bases[template]
-        for seed in seeds:
+        for seed in seeds[:count]:
             name = f"{base.experiment_name}_seed{seed}" + ("_pilot" if base.pilot else "")
             options = {**overrides, "experiment_name": name, **{option: seed for option in SEED_OPTIONS}}
             config = build_config([template], options)
             runs.append(Run(template, seed, config, {k: getattr(config, k) for k in options}))
     return runs
+
+
+def _seed_limit(entry: str, n_seeds: int) -> tuple[str, int]:
+    """``train_meantime:1`` -> (train_meantime, 1): a template that runs only the first N of
+    --seeds (a slow model beside fast ones); a bare name runs them all."""
+    template, colon, count = entry.rpartition(":")
+    if not colon or not count.isdigit():     # no count (or a Windows path such as C:\\t.yaml)
+        return entry, n_seeds
+    if not 1 <= int(count) <= n_seeds:
+        raise UserError(f"--templates {entry}: the number after ':' is how many of the {n_seeds} seeds "
+                        f"{template} runs; allowed: 1 to {n_seeds}")
+    return template, int(count)
 
 
 def _seed(value: Any) -> int:
@@ -680,7 +696,7 @@ def cmd_compare(argv: list[str]) -> int:
     overrides, flags = parse_options(argv, extra=flags_known)
     templates = overrides.pop("templates", None)
     if not templates:
-        raise UserError("compare needs templates; usage: esapr compare --templates train_vae train_sas ... "
+        raise UserError("compare needs templates; usage: esapr compare --templates train_vae train_sas[:N] ... "
                         "[--seeds 0 1 2 3 4] [--jobs N] [--dry_run | --aggregate_only] [--option value ...]")
     seeds = flags.get("seeds", list(DEFAULT_SEEDS))
     seeds = seeds.replace(",", " ").split() if isinstance(seeds, str) else seeds

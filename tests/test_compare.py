@@ -340,6 +340,20 @@ def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tin
     assert lines[1].startswith("esapr train ") and "--experiment_name vae_net_seed4" in lines[1]
 
 
+def test_a_template_can_run_only_the_first_seeds(tiny, tmp_path):
+    """``train_sas:1`` beside a template of all seeds: a slow model over fewer seeds, same options."""
+    base, options = tiny
+    runs = plan_runs(["train_vae_net", "train_sas:1"], [3, 4, 5], {**options, "experiment_root": str(tmp_path)})
+    assert [(r.template, r.seed, r.name) for r in runs] == [
+        ("train_vae_net", 3, "vae_net_seed3"), ("train_vae_net", 4, "vae_net_seed4"), ("train_vae_net", 5, "vae_net_seed5"),
+        ("train_sas", 3, "sas_seed3")]
+    assert runs[3].command()[:4] == ["esapr", "train", "--templates", "train_sas"]
+    assert runs[0].config.metric_ks == runs[3].config.metric_ks          # still one set of metric_ks
+    alone = plan_runs(["train_sas"], [3], {**options, "experiment_root": str(tmp_path),
+                                            "metric_ks": runs[3].config.metric_ks})
+    assert alone[0].config == runs[3].config          # the same run a separate compare of it would train
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "0"], "compare needs templates"),
     (["--templates", "train_vae", "--seeds", "x"], "--seeds expects whole numbers, got 'x'"),
@@ -348,6 +362,10 @@ def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tin
     (["--templates", "train_vae", "--experiment_name", "x"], "compare sets experiment_name itself"),
     (["--templates", "train_vae", "--jobs", "0"], "--jobs must be at least 1"),
     (["--templates", "train_vea"], "unknown template 'train_vea' (did you mean 'train_vae'?)"),
+    (["--templates", "train_vae:3", "--seeds", "0", "1"], "--templates train_vae:3: the number after ':' is how "
+                                                          "many of the 2 seeds train_vae runs; allowed: 1 to 2"),
+    (["--templates", "train_vae:0"], "allowed: 1 to 5"),
+    (["--templates", "train_vae", "train_vae:1"], "a template is named twice"),
     (["--templates", "train_vae", "--lrr", "1"], "unknown option 'lrr' (did you mean 'lr'?)"),
 ])
 def test_cli_compare_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
