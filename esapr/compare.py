@@ -514,20 +514,50 @@ class Comparison:
                           **({k: r.results.get(k) for k in ("epochs", "best_epoch", "train_seconds", "device")}
                              if r.results else {})} for r in self.runs]}
 
+    def _shown(self, metrics: Iterable[str] | None) -> list[str]:
+        return [m for m in (metrics or DISPLAY_METRICS) if m in self.metrics()] or self.metrics()[:4]
+
+    def _row(self, protocol: str, metric: str, model: str) -> pd.Series:
+        table = self.table
+        return table[(table["protocol"] == protocol) & (table["metric"] == metric) & (table["model"] == model)].iloc[0]
+
+    def markdown(self, metrics: Iterable[str] | None = None, digits: int = 4) -> str:
+        """The table as Markdown (for a README or a paper's notes): one row per model, the
+        protocols' metrics side by side; **bold** the best, "n.s." not significantly worse."""
+        metrics = self._shown(metrics)
+        head = [f"{protocol} {metric}" for protocol in self.protocols for metric in metrics]
+        lines = ["| model (template) | seeds | " + " | ".join(head) + " | epochs (best) | training s per run |",
+                 "|---" * (len(head) + 4) + "|"]
+        for model in self.models.itertuples():
+            cells = []
+            for protocol in self.protocols:
+                for metric in metrics:
+                    row = self._row(protocol, metric, model.model)
+                    bold = "**" if row["mark"] == "best" else ""
+                    std = "" if np.isnan(row["std"]) else f" ± {row['std']:.{digits}f}"
+                    tag = {"best": " best", "tied": " n.s."}.get(row["mark"], "")
+                    cells.append(f"{bold}{row['mean']:.{digits}f}{std}{bold} [{row['ci_low']:.3f}, "
+                                 f"{row['ci_high']:.3f}]{tag}")
+            capped = f", {model.capped} capped" if model.capped else ""
+            lines.append(f"| {model.model} (`{model.template}`) | {model.seeds} | " + " | ".join(cells) +
+                         f" | {model.epoch_list} ({model.best_epoch_list}){capped} | {model.train_seconds:.0f} |")
+        if self.left_out:
+            lines += ["", "Left out: " + "; ".join(self.left_out_lines()) + "."]
+        return "\n".join(lines) + "\n"
+
     def format(self, metrics: Iterable[str] | None = None, digits: int = 4) -> str:
         """The table as text: each protocol a block, models as rows."""
-        metrics = [m for m in (metrics or DISPLAY_METRICS) if m in self.metrics()] or self.metrics()[:4]
+        metrics = self._shown(metrics)
         lines = [f"{self.dataset}: {self.n_users} test users; mean ± std over seeds [95% bootstrap interval]; "
                  f"* best, = not significantly worse (Wilcoxon, Holm, p >= {ALPHA})"]
         width = max(len(m) for m in self.models["model"]) + 2
         for protocol, label in self.protocols.items():
             lines += ["", label]
-            block = self.table[self.table["protocol"] == protocol]
             lines.append(" " * width + "".join(f" {m:<33}" for m in metrics))
             for model in self.models["model"]:
                 cells = []
                 for metric in metrics:
-                    row = block[(block["model"] == model) & (block["metric"] == metric)].iloc[0]
+                    row = self._row(protocol, metric, model)
                     sign = {"best": "*", "tied": "="}.get(row["mark"], " ")
                     std = "" if np.isnan(row["std"]) else f" ± {row['std']:.{digits}f}"
                     cells.append(f"{sign}{row['mean']:.{digits}f}{std} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
@@ -614,15 +644,16 @@ def _labels(runs: list[Run]) -> dict[str, str]:
 
 
 def write_comparison(comparison: Comparison, prefix: Path, metrics: Iterable[str] | None = None) -> dict[str, Path]:
-    """``prefix``.csv (one row per protocol, metric and model, with the model's runs), .json and
-    .png (the table figure)."""
+    """``prefix``.csv (one row per protocol, metric and model, with the model's runs), .json, .md
+    (the table in Markdown) and .png (the table figure)."""
     from esapr.results import plot_comparison
     prefix = Path(prefix)
     csv = comparison.table.merge(comparison.models.drop(columns=["paths"]), on="model", how="left",
                                  suffixes=("", "_model"))
-    files = {"csv": prefix.with_suffix(".csv"), "json": prefix.with_suffix(".json"), "png": prefix.with_suffix(".png")}
+    files = {kind: prefix.with_suffix("." + kind) for kind in ("csv", "json", "md", "png")}
     atomic_write_text(files["csv"], csv.to_csv(index=False))
     atomic_write_text(files["json"], json.dumps(comparison.to_dict(), indent=2))
+    atomic_write_text(files["md"], comparison.markdown(metrics))
     plot_comparison(comparison, files["png"], metrics=metrics)
     comparison.files = files
     return files

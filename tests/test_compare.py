@@ -127,6 +127,15 @@ def test_aggregate_hand_made_rank_tables(tmp_path):
     assert models.loc["VAE_tw", "capped"] == 2 and models.loc["BERT4Rec", "capped"] == 0
     assert [r.path.name for r in result.left_out] == ["train_bert_seed1"]
     assert result.n_users == 4 and result.dataset == "hand"
+    # the Markdown table: a row per model, full then sampled, the best in bold, the left-out runs named
+    lines = result.markdown(["Recall@1"]).splitlines()
+    assert lines[0] == ("| model (template) | seeds | full Recall@1 | sampled Recall@1 | epochs (best) | "
+                        "training s per run |")
+    assert lines[2].startswith("| VAE_tw (`train_vae`) | 2 | **0.3750 ± 0.1768** [") and lines[2].count("best") == 2
+    # one seed: no std; 1 of 4 users hit, so a user resample's mean is >= 0.75 with probability 0.051 and
+    # 1 with 0.004: the 97.5 % bound is 0.75
+    assert lines[3] == "| BERT4Rec (`train_bert`) | 1 | 0.2500 [0.000, 0.750] n.s. | 0.2500 [0.000, 0.750] n.s. | 2 (1) | 5 |"
+    assert lines[-1] == "Left out: running: train_bert_seed1."
     # runs on other users cannot be paired
     other = fake_run(tmp_path / "x", "train_vae", 2, [0, 0, 0, 0], [0, 0, 0, 0], users=np.array([1, 2, 3, 9]))
     with pytest.raises(UserError, match="cannot be paired"):
@@ -180,7 +189,7 @@ def test_compare_trains_each_template_and_seed_into_its_folder(trained):
             runs = [Experiment(o.path).read_results()["test"][prefix + metric] for o in result.runs[2:]]
             assert table.loc[(protocol, metric, "SASRec"), "mean"] == pytest.approx(np.mean(runs))
     assert set(table.loc[("sampled", "NDCG@10"), "mark"]) <= {"best", "tied", "worse"}
-    for kind in ("csv", "json", "png"):
+    for kind in ("csv", "json", "md", "png"):
         assert result.files[kind] == root / "ratings" / f"comparison.{kind}" and result.files[kind].is_file()
     saved = json.loads(result.files["json"].read_text())
     assert saved["protocols"]["sampled"].startswith("Popularity-sampled (20 popular") and len(saved["runs"]) == 4
