@@ -331,9 +331,7 @@ def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: s
             y += row_h
     ax.plot([pad, right], [y, y], color="black", lw=1.0)
     y += 0.1
-    for line in caption_lines:
-        ax.text(pad, y + 0.08, line, ha="left", va="center", fontsize=7.5, color="0.3", gid="caption")
-        y += 0.16
+    _text_lines(ax, pad, y, caption_lines, "0.3", "caption")
     _save(fig, path, 150)
     return fig
 
@@ -555,14 +553,18 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
         y += info_h
     ax.plot([pad, right], [y, y], color="black", lw=1.0)
     y += 0.12
-    for line in caption_lines:
-        ax.text(pad, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color="0.3", gid="caption")
-        y += line_h
-    for line in left_lines:
-        ax.text(pad, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color="tab:red", gid="left_out")
-        y += line_h
+    y = _text_lines(ax, pad, y, caption_lines, "0.3", "caption", line_h)
+    _text_lines(ax, pad, y, left_lines, "tab:red", "left_out", line_h)
     _save(fig, png, 150)
     return fig
+
+
+def _text_lines(ax, x: float, y: float, lines: list[str], color: str, gid: str, line_h: float = 0.16) -> float:
+    """Small left-aligned lines (a caption) from ``y`` down; returns the ``y`` below them."""
+    for line in lines:
+        ax.text(x, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color=color, gid=gid)
+        y += line_h
+    return y
 
 
 def _span(values: str) -> str:
