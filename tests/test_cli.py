@@ -150,7 +150,11 @@ def test_readme_commands_are_accepted(words):
     argv = words[3:] if words[1] == "data" else words[2:]
     overrides, flags = parse_options([a for a in argv if a not in ("--help", "-h")], extra=tuple(command.flags))
     templates = overrides.pop("templates", None) or flags.pop("templates", None)
-    if command.option_groups is None or words[1] == "data":
+    if words[1] == "compare":          # every (template, seed) run, as compare plans them
+        from esapr.compare import plan_runs
+        seeds = flags.get("seeds", [0])
+        assert plan_runs(templates, seeds.split() if isinstance(seeds, str) else seeds, overrides)
+    elif command.option_groups is None or words[1] == "data":
         build_config([templates] if isinstance(templates, str) else templates, overrides)
     else:
         assert all(OPTIONS[name].metadata["group"] in command.option_groups for name in overrides), overrides
