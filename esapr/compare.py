@@ -158,7 +158,8 @@ def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[st
     overrides = dict(overrides or {})
     for name in ("resume", "templates"):
         overrides.pop(name, None)
-    if not list(templates):
+    templates = list(templates)
+    if not templates:
         raise UserError("compare needs templates: --templates train_vae train_sas ...")
     seeds = [_seed(s) for s in seeds]
     if not seeds:
@@ -534,9 +535,8 @@ class Comparison:
                 for metric in metrics:
                     row = self._row(protocol, metric, model.model)
                     bold = "**" if row["mark"] == "best" else ""
-                    std = "" if np.isnan(row["std"]) else f" ± {row['std']:.{digits}f}"
                     tag = {"best": " best", "tied": " n.s."}.get(row["mark"], "")
-                    cells.append(f"{bold}{row['mean']:.{digits}f}{std}{bold} [{row['ci_low']:.3f}, "
+                    cells.append(f"{bold}{_mean_std(row, digits)}{bold} [{row['ci_low']:.3f}, "
                                  f"{row['ci_high']:.3f}]{tag}")
             capped = f", {model.capped} capped" if model.capped else ""
             lines.append(f"| {model.model} (`{model.template}`) | {model.seeds} | " + " | ".join(cells) +
@@ -559,8 +559,7 @@ class Comparison:
                 for metric in metrics:
                     row = self._row(protocol, metric, model)
                     sign = {"best": "*", "tied": "="}.get(row["mark"], " ")
-                    std = "" if np.isnan(row["std"]) else f" ± {row['std']:.{digits}f}"
-                    cells.append(f"{sign}{row['mean']:.{digits}f}{std} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+                    cells.append(f"{sign}{_mean_std(row, digits)} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
                                  .ljust(34))
                 lines.append(f"{model:<{width}}" + "".join(cells))
         lines += ["", "runs:"]
@@ -571,6 +570,12 @@ class Comparison:
         if self.left_out:
             lines += ["left out:"] + [f"  {line}" for line in self.left_out_lines()]
         return "\n".join(lines)
+
+
+def _mean_std(row: pd.Series, digits: int) -> str:
+    """'0.2950 ± 0.0049'; the mean alone for one seed (no std)."""
+    std = "" if np.isnan(row["std"]) else f" ± {row['std']:.{digits}f}"
+    return f"{row['mean']:.{digits}f}{std}"
 
 
 def aggregate(outcomes: list[RunOutcome], labels: dict[str, str], protocols: dict[str, str] | None = None,
