@@ -475,6 +475,12 @@ def protocol_label(protocol: str, sampler: str = "popular", size: int = 100) -> 
     return f"Uniform-sampled ({size} random negatives)"
 
 
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as plain dicts, NaN as None, floats unrounded (``to_json`` rounds to 10 decimals, which
+    turns a small p-value into 0)."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+
 @dataclass
 class Comparison:
     """The aggregated comparison. ``table``: one row per (protocol, metric, model) with mean, std,
@@ -508,8 +514,7 @@ class Comparison:
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "test_users": self.n_users, "protocols": self.protocols,
                 "settings": self.settings, "alpha": ALPHA,
-                "table": json.loads(self.table.to_json(orient="records")),
-                "models": json.loads(self.models.to_json(orient="records")),
+                "table": _records(self.table), "models": _records(self.models),
                 "runs": [{"template": r.template, "seed": r.seed, "path": str(r.path), "state": r.state,
                           "action": r.action, "seconds": round(r.seconds, 2), "capped": r.capped, "note": r.note,
                           **({k: r.results.get(k) for k in ("epochs", "best_epoch", "train_seconds", "device")}

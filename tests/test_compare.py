@@ -87,6 +87,17 @@ def test_compare_models_mean_std_over_seeds():
     assert stats["a"].ci_low < 0.6 < stats["a"].ci_high
 
 
+def test_saved_json_keeps_small_p_values_and_nan_as_null():
+    # a clear loser on 943 users has p ~ 1e-15: the JSON must not round it to 0 (to_json keeps 10 decimals)
+    table = pd.DataFrame({"protocol": ["full", "full"], "metric": ["MRR", "MRR"], "model": ["A", "B"],
+                          "mean": [0.3, 0.1], "p_holm": [float("nan"), 2.29e-15], "seeds": [5, 1]})
+    models = pd.DataFrame({"model": ["A", "B"], "seed_list": ["0 1 2 3 4", "0"], "train_seconds": [807.04, 12872.7]})
+    saved = json.loads(json.dumps(Comparison(table, models, [], {"full": "Full"}, "hand", 943).to_dict()))
+    assert [row["p_holm"] for row in saved["table"]] == [None, 2.29e-15]
+    assert saved["table"][1]["seeds"] == 1 and saved["models"][1] == {"model": "B", "seed_list": "0",
+                                                                      "train_seconds": 12872.7}
+
+
 def fake_run(root: Path, template: str, seed: int, ranks, full_ranks, epochs=3, num_epochs=3, status="finished",
              users=None) -> RunOutcome:
     """An experiment folder without training: config, results, status and per-user ranks."""
