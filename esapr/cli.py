@@ -1,5 +1,6 @@
 """Command line: ``esapr data stats|prepare``, ``esapr train``, ``esapr evaluate``, ``esapr results``,
-``esapr recommend``, ``esapr options``.
+``esapr compare``, ``esapr recommend``, ``esapr options``: the parser, the command table and
+``main``; the handlers are in ``esapr.commands``.
 
 Options are written ``--name value`` (lists: ``--metric_ks 1 5 10``; a bare ``--flag`` means true)
 and go through the typed Config, so a misspelt option is rejected with the nearest valid name.
@@ -16,9 +17,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from esapr.config import OPTIONS, build_config, describe_options, given_options, template_names
+from esapr.config import ALL_OPTIONS, describe_options, template_names
 from esapr.errors import Interrupted, UserError, first_line
-from esapr.registry import FAMILIES
+from esapr.families import FAMILIES
+from esapr.options.spec import is_bool, is_list, nearest
 
 
 @dataclass(frozen=True)
@@ -28,29 +30,32 @@ class Command:
     summary: str
     usage: str
     flags: dict[str, str] = field(default_factory=dict)   # the command's own --flags and their help
-    option_groups: tuple[str, ...] | None = ()            # Config groups it accepts (None: all)
+    option_groups: tuple[str, ...] | None = ()            # option groups its help lists (None: all)
+    options: tuple[str, ...] | None = None                # the only options it takes (None: any)
 
 
-DATA_GROUPS = ("data", "negatives")
+# the options of a command that reads a saved run: where its data is now, and where to compute
+SAVED_RUN_OPTIONS = ("data_file", "local_data_folder", "device")
 # command flags that are switches (a bare --flag); every other flag takes a value
 SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only"})
 COMMANDS: dict[str, Command] = {c.name: c for c in (
-    Command("data", "esapr.cli:cmd_data", "dataset statistics, or download + preprocess + negatives ahead of time",
+    Command("data", "esapr.commands:cmd_data", "dataset statistics, or download + preprocess + negatives ahead of time",
             "esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]",
-            {"json": "print statistics as JSON"}, DATA_GROUPS + ("run",)),
+            {"json": "print statistics as JSON"}, ("data",)),
     Command("train", "esapr.commands:cmd_train", "train a model and test its best weights",
             "esapr train --templates train_vae [--option value ...]",
             {"quiet": "print only errors and the final metrics"}, None),
     Command("evaluate", "esapr.commands:cmd_evaluate", "re-evaluate a saved experiment (writes nothing)",
-            "esapr evaluate --experiment PATH [--split val|test] [--json]",
+            "esapr evaluate --experiment PATH [--split val|test] [--json] [--data_file F | --local_data_folder D]",
             {"experiment": "the experiment folder", "split": "val or test (default test)",
-             "json": "print the metrics as JSON"}, ("run", "data", "batches")),
-    Command("results", "esapr.results:cmd_results", "a table of finished experiments (and figures)",
+             "json": "print the metrics as JSON"}, (),
+            SAVED_RUN_OPTIONS + ("metric_ks", "val_batch_size", "test_batch_size")),
+    Command("results", "esapr.commands:cmd_results", "a table of finished experiments (and figures)",
             "esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]",
             {"root": "experiment folders or roots to search (default: experiments)", "png": "save the table figure",
              "split": "test or val (default test)", "curves": "save each experiment's learning curves here",
              "metrics": "the metric columns, in order", "digits": "decimals shown (default 4)"}),
-    Command("compare", "esapr.compare:cmd_compare",
+    Command("compare", "esapr.commands:cmd_compare",
             "train templates x seeds, then a table with intervals and paired tests (reuses finished runs)",
             "esapr compare --templates train_vae train_sas ... [--seeds 0 1 2 3 4] [--jobs N] "
             "[--dry_run | --aggregate_only] [--option value ...]",
@@ -65,12 +70,13 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "metrics": "the metrics shown in the printed table and the figure (default NDCG@10 Recall@10 "
                         "NDCG@20 Recall@20 MRR; the CSV and JSON hold all)",
              "quiet": "print only the table"}, None),
-    Command("recommend", "esapr.recommend:cmd_recommend", "top-k items for a user or a new history",
-            "esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--data_folder DIR] [--json]",
+    Command("recommend", "esapr.commands:cmd_recommend", "top-k items for a user or a new history",
+            "esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--json] "
+            "[--data_file F | --local_data_folder D]",
             {"experiment": "the experiment folder", "user": "a known user's id", "items": "a new history of item ids "
-             "(oldest first)", "k": "how many items (default 10)", "data_folder": "where the data lives now",
-             "json": "print JSON records"}, ("run",)),
-    Command("options", "esapr.cli:cmd_options", "every option with its help and default (or the templates' values)",
+             "(oldest first)", "k": "how many items (default 10)", "json": "print JSON records"}, (),
+            SAVED_RUN_OPTIONS),
+    Command("options", "esapr.commands:cmd_options", "every option with its help and default (or the templates' values)",
             "esapr options [--templates NAME ...]", {"templates": "show the values these templates give"}),
 )}
 
@@ -87,14 +93,19 @@ def command_help(command: Command) -> str:
     lines = [f"usage: {command.usage}", "", command.summary]
     if command.flags:
         lines += ["", "flags:"] + [f"  --{name}  {text}" for name, text in command.flags.items()]
-    if command.option_groups is None or command.option_groups:
-        lines += ["", "options (defaults < templates in order < options given):",
-                  describe_options(groups=command.option_groups)]
+    if command.options is not None:
+        from esapr.options.spec import describe_field, field_of
+        lines += ["", "options:"] + [describe_field(field_of(ALL_OPTIONS[name], name)) for name in command.options]
+    elif command.option_groups is None or command.option_groups:
+        lines += ["", "options (defaults < templates in order < options given; each family reads the shared "
+                      "groups and its own):", describe_options(groups=command.option_groups)]
     return "\n".join(lines)
 
 
-def parse_options(argv: list[str], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``--name value ...`` pairs into config overrides and command-specific flags (``extra``)."""
+def parse_options(argv: list[str], extra: tuple[str, ...] = (),
+                  allowed: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``--name value ...`` pairs into config overrides and command-specific flags
+    (``extra``); ``allowed``: the only options the command takes (None: any option)."""
     overrides: dict[str, Any] = {}
     flags: dict[str, Any] = {}
     i = 0
@@ -109,63 +120,20 @@ def parse_options(argv: list[str], extra: tuple[str, ...] = ()) -> tuple[dict[st
         while inline is None and i < len(argv) and not (argv[i].startswith("--") or argv[i] in ("-k",)):
             values.append(argv[i])
             i += 1
-        target = flags if name in extra else overrides
-        if name not in extra and name not in OPTIONS and name != "resume_training":
-            from esapr.config import coerce
-            coerce(name, None)  # raises: unknown option, with the nearest name
         if name == "resume_training":
             name = "resume"
-        is_list = name in OPTIONS and "list" in str(OPTIONS[name].type)
-        switch = name in SWITCHES if name in extra else name in OPTIONS and "bool" in str(OPTIONS[name].type)
+        target = flags if name in extra else overrides
+        if name not in extra:
+            known = ALL_OPTIONS if allowed is None else allowed
+            if name not in known:
+                takes = "" if allowed is None else f"; this command takes {', '.join('--' + n for n in (*extra, *allowed))}"
+                raise UserError(f"unknown option '--{name}'{nearest(name, [*extra, *known])}{takes}")
+        listed = name in ALL_OPTIONS and is_list(ALL_OPTIONS[name], name)
+        switch = name in SWITCHES if name in extra else name in ALL_OPTIONS and is_bool(ALL_OPTIONS[name], name)
         if not values and not switch:
             raise UserError(f"option '--{name}' needs a value (--{name} VALUE)")
-        target[name] = True if not values else values if is_list or len(values) > 1 else values[0]
+        target[name] = True if not values else values if listed or len(values) > 1 else values[0]
     return overrides, flags
-
-
-def _config_from(argv: list[str], extra: tuple[str, ...] = ()):
-    config, flags, _ = _config_and_given(argv, extra)
-    return config, flags
-
-
-def _config_and_given(argv: list[str], extra: tuple[str, ...] = ()):
-    """The Config of a command line, its own flags, and the names of the options it sets."""
-    overrides, flags = parse_options(argv, extra)
-    templates = overrides.pop("templates", [])
-    if isinstance(templates, str):
-        templates = [templates]
-    config = build_config(templates, overrides)
-    return config, flags, given_options(templates, overrides)
-
-
-def cmd_data(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("stats", "prepare"):
-        raise UserError("usage: esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]")
-    config, flags = _config_from(argv[1:], extra=("json",))
-    from esapr.data.prepare import load_sequences, prepare_data  # after the options: a typo fails fast
-    if argv[0] == "stats":
-        sequences, folder, _ = load_sequences(config)
-        stats = sequences.stats()
-        if flags.get("json"):
-            print(json.dumps(stats))
-        else:
-            print(f"dataset   {config.data_file or config.dataset_code}  (cache {folder})")
-            for key, value in stats.items():
-                print(f"{key:<17} {value}")
-        return 0
-    data = prepare_data(config)
-    print(json.dumps({"cache": str(data.cache_dir), **data.sequences.stats(), **data.timings}))
-    return 0
-
-
-def cmd_options(argv: list[str]) -> int:
-    overrides, flags = parse_options(argv, extra=("templates",))
-    if overrides:
-        raise UserError(f"usage: {COMMANDS['options'].usage}")
-    templates = flags.get("templates")
-    templates = [templates] if isinstance(templates, str) else templates
-    print(describe_options(build_config(templates) if templates else None))
-    return 0
 
 
 _WRITABLE = "choose a folder you may write to (--experiment_root, --local_data_folder or the output path)"

@@ -1,31 +1,81 @@
-"""`esapr train` and `esapr evaluate`."""
+"""The command handlers: each ``cmd_<name>(argv)`` parses its options with the CLI's parser and
+calls the package's API. Only this module and ``esapr.cli`` know about argv."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from esapr.cli import _config_and_given
-from esapr.config import Config, build_config
+from esapr.cli import COMMANDS, SAVED_RUN_OPTIONS, parse_options
+from esapr.config import build_config, build_data_options, describe_options, given_options
 from esapr.errors import UserError
 
 
 def format_metrics(metrics: dict, title: str) -> str:
-    """A compact table: one row per metric family, one column per k."""
+    """A compact table: one row per metric of the table, one column per k; sampled, then full."""
+    from esapr.metrics import FULL, METRICS
     lines = [title]
-    for prefix, label in (("", "sampled"), ("full_", "full ranking")):
-        keys = [k for k in metrics if k.startswith(prefix) and (prefix or not k.startswith("full_"))]
+    for prefix, label in (("", "sampled"), (FULL, "full ranking")):
+        keys = [k for k in metrics if k.startswith(prefix) and (prefix or not k.startswith(FULL))]
         if not keys:
             continue
         lines.append(f"  {label}:")
-        for family in ("NDCG", "Recall", "MRR"):
-            cells = [f"{k[len(prefix):]}={metrics[k]:.4f}" for k in keys if k[len(prefix):].startswith(family)]
+        for name in METRICS:
+            cells = [f"{k[len(prefix):]}={metrics[k]:.4f}" for k in keys if k[len(prefix):].split("@")[0] == name]
             if cells:
                 lines.append("    " + "  ".join(cells))
     return "\n".join(lines)
 
 
+def config_and_given(argv: list[str], extra: tuple[str, ...] = ()):
+    """The Config of a command line, its own flags, and the names of the options it sets."""
+    overrides, flags = parse_options(argv, extra)
+    templates = overrides.pop("templates", [])
+    if isinstance(templates, str):
+        templates = [templates]
+    config = build_config(templates, overrides)
+    return config, flags, given_options(templates, overrides)
+
+
+def cmd_data(argv: list[str]) -> int:
+    """Statistics of a dataset, or its caches made ahead of time (with a template or a model, its
+    training negatives too)."""
+    if not argv or argv[0] not in ("stats", "prepare"):
+        raise UserError("usage: esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]")
+    overrides, flags = parse_options(argv[1:], extra=("json",))
+    from esapr.data.prepare import load_sequences, prepare_data  # after the options: a typo fails fast
+    if argv[0] == "prepare" and ("templates" in overrides or "model_code" in overrides):
+        templates = overrides.pop("templates", [])
+        config = build_config([templates] if isinstance(templates, str) else templates, overrides)
+        data = prepare_data(config)
+        print(json.dumps({"cache": str(data.cache_dir), **data.sequences.stats(), **data.timings}))
+        return 0
+    options = build_data_options(overrides)
+    sequences, folder, _ = load_sequences(options)
+    stats = sequences.stats()
+    if argv[0] == "prepare":
+        from esapr.data.prepare import test_negatives
+        test_negatives(options, sequences, folder)
+        print(json.dumps({"cache": str(folder), **stats}))
+    elif flags.get("json"):
+        print(json.dumps(stats))
+    else:
+        print(f"dataset   {options.data_file or options.dataset_code}  (cache {folder})")
+        for key, value in stats.items():
+            print(f"{key:<17} {value}")
+    return 0
+
+
+def cmd_options(argv: list[str]) -> int:
+    overrides, flags = parse_options(argv, extra=("templates",), allowed=())
+    templates = flags.get("templates")
+    templates = [templates] if isinstance(templates, str) else templates
+    print(describe_options(build_config(templates) if templates else None))
+    return 0
+
+
 def cmd_train(argv: list[str]) -> int:
-    config, flags, given = _config_and_given(argv, extra=("quiet",))
+    config, flags, given = config_and_given(argv, extra=("quiet",))
     from esapr.training.trainer import train  # after the options: a bad one fails without loading torch
     results = train(config, progress="quiet" if flags.get("quiet") else "auto", given=given)
     print(format_metrics(results["test"], f"test metrics of {results['experiment']} "
@@ -34,35 +84,78 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-def load_experiment_config(path: Path, **overrides) -> Config:
-    from esapr.experiment import Experiment
-    saved = Experiment(path).read_config()
-    options = {k: v for k, v in saved.items() if k in Config.__dataclass_fields__}
-    options.update(overrides)
-    try:
-        return build_config(overrides=options, apply_templates=False)
-    except UserError as error:
-        raise UserError(f"{Experiment(path).config_file}: {error}") from None
-
-
 def cmd_evaluate(argv: list[str]) -> int:
     """Re-evaluate the saved best model; reads the folder, writes nothing."""
-    from esapr.cli import parse_options
-    from esapr.data.prepare import prepare_data
-    from esapr.experiment import Experiment
-    from esapr.training.trainer import Trainer
-    overrides, flags = parse_options(argv, extra=("experiment", "split", "json"))
+    overrides, flags = parse_options(argv, extra=("experiment", "split", "json"),
+                                     allowed=COMMANDS["evaluate"].options)
     if "experiment" not in flags:
-        raise UserError("usage: esapr evaluate --experiment PATH [--split val|test] [--json]")
+        raise UserError(f"usage: {COMMANDS['evaluate'].usage}")
     split = flags.get("split", "test")
     if split not in ("val", "test"):
         raise UserError(f"--split must be val or test, got '{split}'")
+    from esapr.data.prepare import prepare_data
+    from esapr.experiment import Experiment
+    from esapr.training.evaluator import load_run
     path = Path(flags["experiment"])
-    config = load_experiment_config(path, **overrides)
-    data = prepare_data(config)
-    Experiment(path).check_data(data.fingerprint)
-    trainer = Trainer(config, data, progress=False)
-    trainer.load_best(Experiment(path))
-    metrics = trainer.evaluate(split).metrics
+    experiment = Experiment(path)
+    config = experiment.run_config(**overrides)
+    metrics = load_run(experiment, config, prepare_data(config)).evaluate(split).metrics
     print(json.dumps(metrics) if flags.get("json") else format_metrics(metrics, f"{split} metrics of {path}"))
+    return 0
+
+
+def cmd_results(argv: list[str]) -> int:
+    """esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]"""
+    from esapr.results import figure_format, format_table, plot_curves, plot_results_table, results_table
+
+    overrides, flags = parse_options(argv, extra=("root", "png", "split", "curves", "metrics", "digits"), allowed=())
+    root = flags.get("root", "experiments")
+    roots = root if isinstance(root, list) else [root]
+    metrics = flags.get("metrics")
+    if isinstance(metrics, str):
+        metrics = metrics.replace(",", " ").split()
+    try:
+        digits = int(flags.get("digits", 4))
+    except (TypeError, ValueError):
+        raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
+    if not 0 <= digits <= 12:
+        raise UserError(f"--digits is {digits}; give 0 to 12 decimals")
+    if flags.get("png"):
+        figure_format(flags["png"])
+    if "root" not in flags and not Path(root).is_dir():
+        raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
+    frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))
+    print(format_table(frame, digits))
+    for problem in frame.attrs["unreadable"]:
+        print(f"left out, unreadable: {problem}")
+    if flags.get("png"):
+        plot_results_table(frame, flags["png"], digits=digits)
+        print(f"table figure: {flags['png']}")
+    if flags.get("curves"):
+        folder = Path(flags["curves"])
+        for (dataset, model), path in zip(frame.index, frame.attrs["paths"]):
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}_{model}")
+            plot_curves(path, folder / f"curves_{name}.png")
+        print(f"learning curves: {folder}/curves_*.png")
+    return 0
+
+
+def cmd_recommend(argv: list[str]) -> int:
+    """esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--data_file F | --local_data_folder D]"""
+    from esapr.recommend import format_recommendations, load_experiment
+    overrides, flags = parse_options(argv, extra=("experiment", "user", "items", "k", "json"),
+                                     allowed=SAVED_RUN_OPTIONS)
+    if "experiment" not in flags or ("user" in flags) == ("items" in flags):
+        raise UserError(f"usage: {COMMANDS['recommend'].usage}")
+    try:
+        k = int(flags.get("k", 10))
+    except ValueError:
+        raise UserError(f"-k expects a whole number, got '{flags['k']}'") from None
+    experiment = load_experiment(flags["experiment"], **{"device": "cpu", **overrides})
+    if "user" in flags:
+        frame = experiment.recommend(user=flags["user"], k=k)
+    else:
+        items = flags["items"] if isinstance(flags["items"], list) else str(flags["items"]).replace(",", " ").split()
+        frame = experiment.recommend(history=items, k=k)
+    print(frame.to_json(orient="records") if flags.get("json") else format_recommendations(frame))
     return 0

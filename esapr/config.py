@@ -1,212 +1,103 @@
-"""One typed Config: every option, its default, type, allowed values and help, in one place.
+"""One run's options: the shared groups (run, data, evaluation, training) and its family's own,
+built from a flat list of ``--name value`` options and templates, checked before any I/O.
 
-Precedence: dataclass defaults < templates (in the order given) < explicit overrides.
-Templates are YAML files shipped in ``esapr/templates``; a template may itself name
-``templates: [...]`` to build on others.
+Precedence: defaults < templates (in the order given) < explicit overrides. Templates are YAML
+files shipped in ``esapr/templates`` (or the user's own ``.yaml``); a template may name
+``templates: [...]`` to build on others. Each name goes to the one group of the chosen family
+that reads it; a name that family does not read is refused, naming the family and the option.
+
+A run is what it reads: ``Config.identity()`` holds the options that change what the run
+computes (not where it lives, how it is shown, or which metrics are reported), and a saved run
+is reused, resumed or refused by comparing exactly those.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import warnings
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path, PurePath
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
-from esapr.data.sources import SOURCES
 from esapr.errors import UserError
-from esapr.registry import FAMILIES, LOSSES, family
+from esapr.families import FAMILIES, family
+from esapr.families.base import Family, ModelOptions, NegativePool
+from esapr.metrics import metric_names
+from esapr.options.groups import DataOptions, EvalOptions, RunOptions, TrainOptions
+from esapr.options.spec import check_ranges, coerce, default_of, describe_field, field_of, nearest
 
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed numbers of an option (each element of a list option): low/high bounds, open or
-    closed, plus ``also`` (special values such as -1 for "no limit"). Floats must be finite."""
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    also: tuple = ()
-
-    def allows(self, value: float) -> bool:
-        if value in self.also:
-            return True
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {_number(self.low)}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {_number(self.high)}")
-        text = " and ".join(parts) or "a finite number"
-        return text + "".join(f", or {v}" for v in self.also)
-
-
-def _number(value: float) -> str:
-    return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
-
-
-AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
-# sizes that allocate memory in proportion (or in square): far beyond any real dataset, low enough
-# that a mistyped value is refused here instead of by the memory allocator
-SIZE, SEED = Range(1, 10**7), Range(0, 2**63 - 1)
-FRACTION = Range(0, 1, high_open=True)
-
-
-def _opt(default, help: str, choices: tuple | None = None, group: str = "general", valid: Range | None = None):
-    metadata = {"help": help, "choices": choices, "group": group, "valid": valid}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-DATASET_CODES = tuple(SOURCES)
-MODEL_CODES = tuple(FAMILIES)
+SHARED = {"run": RunOptions, "data": DataOptions, "evaluation": EvalOptions, "training": TrainOptions}
+# where each option name is declared first (its type is the same wherever it is declared)
+ALL_OPTIONS: dict[str, type] = {}
+for _cls in (*SHARED.values(), *(f.options for f in FAMILIES.values())):
+    for _field in fields(_cls):
+        ALL_OPTIONS.setdefault(_field.name, _cls)
 
 
 @dataclass
 class Config:
-    # --- run / experiment -------------------------------------------------------------------
-    templates: list[str] = _opt([], "YAML templates applied in order (e.g. train_vae)", group="run")
-    experiment_root: str = _opt("experiments", "root folder of all experiments", group="run")
-    experiment_group: str | None = _opt(None, "sub-folder grouping experiments (default: the dataset)", group="run")
-    experiment_name: str | None = _opt(None, "experiment folder name (default: the template's)", group="run")
-    resume: bool = _opt(False, "continue an interrupted run from its last checkpoint", group="run")
-    overwrite: bool = _opt(False, "replace a finished experiment in the same folder", group="run")
-    checkpoint_every_seconds: float | None = _opt(None, "write the resumable checkpoint (it holds the best weights) at "
-                                                        "most this often, in the background (0: every epoch; default: "
-                                                        "30 s, 300 s on Google Drive); best_model.pth is written at "
-                                                        "the end", group="run", valid=AT_LEAST_0)
-    pilot: bool = _opt(False, "smoke test: one epoch of one batch, then test", group="run")
-    device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"), group="run")
-    amp: bool | None = _opt(None, "mixed precision (bf16, or fp16 with a scaler); default: on for CUDA", group="run")
-    amp_dtype: str = _opt("auto", "mixed-precision type; auto: bf16 where the GPU has it natively (compute capability "
-                                  ">= 8.0: A100, L4, H100), else fp16 with a GradScaler (T4, V100); bf16 on a CPU",
-                          ("auto", "bf16", "fp16"), group="run")
-    compile: bool = _opt(False, "torch.compile the training step (fuses the VAE's elementwise work: 14-30% less time "
-                                "per step on a CPU); the first steps and each transfer stage compile first", group="run")
-    deterministic: bool = _opt(False, "deterministic GPU kernels (torch.use_deterministic_algorithms, warn-only, and "
-                                      "CUBLAS_WORKSPACE_CONFIG): reruns and resumes on one GPU give identical numbers, "
-                                      "a little slower; the CPU is always deterministic", group="run")
-    # --- data ------------------------------------------------------------------------------
-    dataset_code: str | None = _opt("ml-1m", "dataset in the registry (ignored with data_file)", DATASET_CODES, "data")
-    data_file: str | None = _opt(None, "your own ratings CSV/TSV (with header) or sequence file", group="data")
-    data_url: str | None = _opt(None, "mirror URL (http(s) or Google Drive link) for the dataset", group="data")
-    local_data_folder: str = _opt("./Data", "where raw data and caches live", group="data")
-    min_rating: float = _opt(0, "keep interactions with rating >= this", group="data", valid=Range())
-    min_uc: int = _opt(5, "keep users with at least this many interactions (after item filter)",
-                       group="data", valid=AT_LEAST_0)
-    min_sc: int = _opt(5, "keep items with at least this many interactions", group="data", valid=AT_LEAST_0)
-    split: str = _opt("leave_one_out", "evaluation split", ("leave_one_out",), "data")
-    # --- negatives ------------------------------------------------------------------------
-    train_negative_sampler_code: str = _opt("random", "training negative pool sampler", ("random", "popular"), "negatives")
-    train_negative_sample_size: int = _opt(0, "training negatives per user (0 = none)",
-                                           group="negatives", valid=Range(0, 10**7))
-    train_negative_sampling_seed: int = _opt(0, "seed of the training negatives", group="negatives", valid=SEED)
-    test_negative_sampler_code: str = _opt("popular", "evaluation negative sampler", ("random", "popular"), "negatives")
-    test_negative_sample_size: int = _opt(100, "evaluation negatives per user", group="negatives", valid=SIZE)
-    test_negative_sampling_seed: int = _opt(98765, "seed of the evaluation negatives",
-                                            group="negatives", valid=SEED)
-    legacy_negatives: bool = _opt(False, "reproduce the original's per-user numpy draws exactly", group="negatives")
-    # --- batches ---------------------------------------------------------------------------
-    dataloader_random_seed: int = _opt(0, "seed of shuffling, masking and training negatives",
-                                       group="batches", valid=SEED)
-    train_batch_size: int = _opt(256, "training batch size", group="batches", valid=SIZE)
-    val_batch_size: int = _opt(256, "validation batch size", group="batches", valid=SIZE)
-    test_batch_size: int = _opt(256, "test batch size", group="batches", valid=SIZE)
-    train_window: int | None = _opt(100, "step between sliding training windows (0/None: one per user)",
-                                    group="batches", valid=AT_LEAST_0)
-    max_len: int = _opt(200, "window length", group="batches", valid=Range(1, 10**5))
-    mask_prob: float = _opt(0.2, "BERT masking probability", group="batches", valid=Range(0, 1))
-    weight_type: str = _opt("exp_stair", "VAE position weights", ("exp_stair", "exp", "linear", "constant"), "batches")
-    weight_constant: float = _opt(2.0, "VAE weight constant c", group="batches", valid=POSITIVE)
-    aug_prob: float = _opt(0.0, "VAE input augmentation probability", group="batches", valid=Range(0, 1))
-    legacy_bag: bool = _opt(False, "VAE bag as the original: pad index 0 weighted in the input and the loss, repeats keep one weight",
-                            group="batches")
-    # --- optimisation ----------------------------------------------------------------------
-    optimizer: str = _opt("Adam", "optimizer", ("Adam", "SGD"), "train")
-    lr: float = _opt(1e-3, "learning rate", group="train", valid=POSITIVE)
-    weight_decay: float = _opt(0.0, "L2 weight decay", group="train", valid=AT_LEAST_0)
-    momentum: float | None = _opt(None, "SGD momentum", group="train", valid=AT_LEAST_0)
-    decay_step: int = _opt(25, "StepLR step (epochs)", group="train", valid=Range(1, 2**31 - 1))
-    gamma: float = _opt(1.0, "StepLR factor", group="train", valid=POSITIVE)
-    clip_grad_norm: float | None = _opt(5.0, "clip the global gradient norm (None: off)", group="train", valid=POSITIVE)
-    num_epochs: int = _opt(-1, "maximum epochs (-1: until early stopping)", group="train",
-                          valid=Range(1, 2**31 - 1, also=(-1,)))
-    metric_ks: list[int] = _opt([1, 5, 10, 20, 50], "cut-offs of Recall@k and NDCG@k", group="train", valid=SIZE)
-    best_metric: str = _opt("NDCG@10", "validation metric that selects the best model", group="train")
-    saturation_wait_epochs: int = _opt(20, "patience (epochs without improvement)", group="train", valid=AT_LEAST_0)
-    full_ranking: bool = _opt(True, "also report metrics ranked against every unseen item", group="train")
-    # --- VAE schedule ----------------------------------------------------------------------
-    total_anneal_steps: int = _opt(262144, "KL annealing steps", group="vae", valid=AT_LEAST_0)
-    anneal_cap: float = _opt(0.2, "largest KL weight", group="vae", valid=AT_LEAST_0)
-    train_transfer: bool = _opt(True, "halve recover_len at each plateau (transfer training)", group="vae")
-    scaled_loss: bool = _opt(True, "rescale the loss by total/recovered weight", group="vae")
-    decrease_dropout: bool = _opt(False, "scale input dropout by recover_len/max_len after transfers", group="vae")
-    best_model_transfer: bool = _opt(True, "reload the best weights at each transfer", group="vae")
-    normalize_type: str = _opt("f", "VAE input normalisation: f (L2) or batch (BatchNorm)", ("f", "batch"), "vae")
-    encode_len: int = _opt(128, "VAE latent size", group="vae", valid=SIZE)
-    encoder_hidden_layer: list[int] = _opt([512], "VAE encoder hidden sizes", group="vae", valid=SIZE)
-    decoder_activation: str = _opt("relu", "VAE decoder nonlinearity (none = the original's bug)", ("none", "relu", "tanh"), "vae")
-    # --- models -----------------------------------------------------------------------------
-    model_code: str = _opt("bert", "model family", MODEL_CODES, "model")
-    model_label: str | None = _opt(None, "the model's name in result tables (default: the family's)", group="model")
-    model_init_seed: int = _opt(0, "seed of the weight initialisation", group="model", valid=SEED)
-    model_init_range: float = _opt(0.02, "std of the transformer initialisation", group="model", valid=AT_LEAST_0)
-    hidden_units: int = _opt(64, "transformer hidden size", group="model", valid=SIZE)
-    num_blocks: int = _opt(2, "transformer blocks", group="model", valid=Range(1, 1000))
-    num_heads: int = _opt(2, "attention heads (MEANTIME: heads per kernel)", group="model", valid=Range(1, 1000))
-    dropout: float = _opt(0.2, "dropout", group="model", valid=FRACTION)
-    residual_ln_type: str = _opt("pre", "LayerNorm placement", ("pre", "post"), "model")
-    headtype: str = _opt("dot", "prediction head", ("dot", "linear"), "model")
-    head_use_ln: bool = _opt(False, "LayerNorm in the prediction head", group="model")
-    time_unit_divide: int = _opt(1, "MEANTIME time unit", group="model", valid=AT_LEAST_1)
-    freq: int = _opt(10000, "MEANTIME kernel base frequency", group="model", valid=POSITIVE)
-    tisas_max_time_intervals: int = _opt(2048, "TiSASRec interval clip", group="model", valid=SIZE)
-    loss: str = _opt("bce", "SASRec/TiSASRec training loss at every labelled position: bce (the original: against "
-                            "one negative from the user's pool), ce (softmax over every item), sampled_ce (softmax "
-                            "over the next item and num_negatives uniform items shared by the batch); other models "
-                            "have their own loss and take only the default", LOSSES, "model")
-    num_negatives: int = _opt(256, "sampled_ce: items drawn uniformly (with replacement) per batch", group="model",
-                              valid=Range(1, 10**6))
-    marank_max_len: int = _opt(6, "MARank context length", group="model", valid=Range(1, 10**5))
-    marank_num_att_layers: int = _opt(2, "MARank attention layers", group="model", valid=AT_LEAST_0)
-    marank_num_linear_layers: int = _opt(2, "MARank residual layers", group="model", valid=AT_LEAST_0)
-    absolute_kernel_types: str = _opt("p-d", "MEANTIME absolute kernels from p, d, c ('-'-separated)", group="model")
-    relative_kernel_types: str = _opt("s-l", "MEANTIME relative kernels from s, e, l ('-'-separated)", group="model")
-    # --- closed-form linear models: a setting per epoch, the best on validation is tested ----------
-    ease_lambdas: list[float] = _opt([20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0],
-                                     "EASE L2 regularisers, fitted in turn (one per epoch); the best on validation "
-                                     "is tested", group="linear", valid=POSITIVE)
-    slist_lambdas: list[float] = _opt([10.0, 50.0, 200.0, 1000.0], "SLIST L2 regularisers, each fitted with every "
-                                      "alpha (one setting per epoch); the best on validation is tested",
-                                      group="linear", valid=POSITIVE)
-    slist_alphas: list[float] = _opt([0.2, 0.5, 0.8], "SLIST weight of the session part against the transition "
-                                                      "part (1: weighted EASE)", group="linear", valid=Range(0, 1))
-    # --- ESAPR+: ESAPR with SLIST's closed-form path blended into its scores -----------------------
-    linear_weight: float = _opt(0.0, "ESAPR+: weight of the linear path's standardised scores added to the VAE's "
-                                     "(0: ESAPR's scores)", group="linear", valid=AT_LEAST_0)
-    linear_lambda: float = _opt(50.0, "ESAPR+: the linear path's L2 regulariser (SLIST's lambda)", group="linear",
-                                valid=POSITIVE)
-    linear_alpha: float = _opt(0.8, "ESAPR+: the linear path's weight of the session part (SLIST's alpha)",
-                               group="linear", valid=Range(0, 1))
+    run: RunOptions
+    data: DataOptions
+    evaluation: EvalOptions
+    training: TrainOptions | None     # None: a closed-form family, which has no training options
+    model: ModelOptions               # the family's own options
 
-    # ------------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @property
+    def family(self) -> Family:
+        return family(self.run.model_code)
+
+    def groups(self) -> dict[str, Any]:
+        """The option groups this run reads, by name."""
+        groups = {"run": self.run, "data": self.data, "evaluation": self.evaluation, "training": self.training,
+                  "model": self.model}
+        return {name: group for name, group in groups.items() if group is not None}
+
+    def values(self) -> dict[str, Any]:
+        """Every option the run reads, flat (what config.json holds)."""
+        return {f.name: getattr(group, f.name) for group in self.groups().values() for f in fields(group)}
+
+    def identity(self) -> dict[str, Any]:
+        """The options that change what the run computes."""
+        return {f.name: getattr(group, f.name) for group in self.groups().values() for f in fields(group)
+                if f.metadata["identity"]}
+
+    def with_run(self, **changes) -> "Config":
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+
+    @property
+    def negative_pool(self) -> NegativePool | None:
+        """The family's training negative pool, where it has one of size > 0."""
+        pool = self.model
+        return pool if isinstance(pool, NegativePool) and pool.train_negative_sample_size > 0 else None
+
+    @property
+    def seed(self) -> int:
+        """The seed of training's random draws (0 for a closed-form model, which draws nothing)."""
+        return self.training.dataloader_random_seed if self.training is not None else 0
+
+    @property
+    def num_epochs(self) -> int:
+        """The epoch limit (-1: none; a closed-form model fits its whole grid)."""
+        return self.training.num_epochs if self.training is not None else -1
+
+    def metric_names(self) -> list[str]:
+        return metric_names(self.evaluation.metric_ks, self.evaluation.full_ranking)
 
 
-OPTIONS = {f.name: f for f in fields(Config)}
-_TYPES = get_type_hints(Config)
+def owners(code: str) -> dict[str, str]:
+    """Each option a family reads -> the group that owns it."""
+    fam = family(code)
+    classes = {**SHARED, "model": fam.options}
+    if not fam.trained:
+        del classes["training"]
+    return {f.name: group for group, cls in classes.items() for f in fields(cls)}
+
+
+def readers(name: str) -> list[str]:
+    """The families that read option ``name``."""
+    return [code for code in FAMILIES if name in owners(code)]
 
 
 def template_names() -> list[str]:
@@ -222,7 +113,7 @@ def read_template(name: str) -> dict[str, Any]:
     else:
         path = resources.files("esapr.templates") / f"{name}.yaml"
         if name not in template_names():
-            raise UserError(f"unknown template '{name}'{_nearest(name, template_names())}; available: "
+            raise UserError(f"unknown template '{name}'{nearest(name, template_names())}; available: "
                             f"{', '.join(template_names())} (your own template: a path ending in .yaml)")
     try:
         values = yaml.safe_load(path.read_text())
@@ -239,58 +130,10 @@ def read_template(name: str) -> dict[str, Any]:
     return values
 
 
-def _nearest(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _parse_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise UserError(f"option '{name}' expects true/false, got '{value}'")
-
-
-def coerce(name: str, value: Any) -> Any:
-    """Convert a CLI string or YAML value to the option's type, or raise UserError."""
-    if name not in OPTIONS:
-        raise UserError(f"unknown option '{name}'{_nearest(name, OPTIONS)}")
-    hint = _TYPES[name]
-    args = get_args(hint)
-    optional = type(None) in args
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
-        return None
-    base = next((a for a in args if a is not type(None)), hint) if args and get_origin(hint) is not list else hint
-    try:
-        if get_origin(base) is list:
-            item_type = get_args(base)[0]
-            items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-            result = [item_type(v) for v in items]
-        elif base is bool:
-            result = _parse_bool(name, value)
-        elif base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            result = int(float(value)) if isinstance(value, str) else int(value)
-        elif base is float:
-            result = float(value)
-        else:
-            result = str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"option '{name}' expects {getattr(base, '__name__', base)}, got '{value}'") from None
-    choices = OPTIONS[name].metadata["choices"]
-    if choices and result not in choices:
-        raise UserError(f"option '{name}' must be one of {', '.join(map(str, choices))}, "
-                        f"got '{result}'{_nearest(str(result), map(str, choices))}")
-    return result
-
-
-def _expand_templates(names: list[str], seen: tuple = ()) -> dict[str, Any]:
+def _expand_templates(names: list[str], seen: tuple = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """The templates' values merged in order, and the template that set each."""
     merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for name in names:
         if name in seen:
             raise UserError(f"template '{name}' includes itself")
@@ -301,46 +144,96 @@ def _expand_templates(names: list[str], seen: tuple = ()) -> dict[str, Any]:
             raise UserError(f"template '{name}': 'templates' must be a template name or a list of them, "
                             f"got {parents!r}")
         for key in values:
-            if key not in OPTIONS:
-                raise UserError(f"template '{name}': unknown option '{key}'{_nearest(str(key), OPTIONS)}")
-        merged.update(_expand_templates(parents, seen + (name,)))
+            if key not in ALL_OPTIONS:
+                raise UserError(f"template '{name}': unknown option '{key}'{nearest(str(key), ALL_OPTIONS)}")
+        inherited, inherited_origin = _expand_templates(parents, seen + (name,))
+        merged.update(inherited)
+        origin.update(inherited_origin)
         merged.update(values)
-    return merged
+        origin.update({key: name for key in values})
+    return merged, origin
+
+
+def template_values(templates: list[str]) -> dict[str, Any]:
+    return _expand_templates(templates)[0]
 
 
 def build_config(templates: list[str] | None = None, overrides: dict[str, Any] | None = None,
                  apply_templates: bool = True) -> Config:
-    """defaults < templates (in order) < overrides; every value is type-checked and validated."""
+    """defaults < templates (in order) < overrides; every value is routed to its group,
+    type-checked and validated."""
     overrides = dict(overrides or {})
-    templates = coerce("templates", templates or overrides.pop("templates", None) or [])
-    values: dict[str, Any] = {}
+    templates = coerce(RunOptions, "templates", templates or overrides.pop("templates", None) or [])
+    values, origin = {}, {}
     if apply_templates:
         _warn_mixed_models(templates)
-        values.update(_expand_templates(templates))
+        values, origin = _expand_templates(templates)
     values.update(overrides)
     values["templates"] = templates
-    config = Config(**{name: coerce(name, value) for name, value in values.items()})
-    if config.experiment_name is None:
-        config.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else config.model_code
-    if config.experiment_group is None:
-        config.experiment_group = _data_group(config)
+    for name in overrides:
+        origin.pop(name, None)
+    code = values.get("model_code")
+    if code is None:
+        raise UserError("no model chosen: name a template (--templates train_vae; `esapr --help` lists them) "
+                        "or a family (--model_code vae)")
+    fam = family(str(code))
+    owner = owners(fam.code)
+    for name in values:
+        if name not in owner:
+            raise _not_read(name, fam, origin.get(name))
+    parts: dict[str, dict[str, Any]] = {group: {} for group in set(owner.values())}
+    classes = {**SHARED, "model": fam.options}
+    for name, value in values.items():
+        parts[owner[name]][name] = coerce(classes[owner[name]], name, value)
+    config = Config(run=RunOptions(**parts["run"]), data=DataOptions(**parts["data"]),
+                    evaluation=EvalOptions(**parts["evaluation"]),
+                    training=TrainOptions(**parts["training"]) if fam.trained else None,
+                    model=fam.options(**parts["model"]))
+    if config.run.experiment_name is None:
+        config.run.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else fam.code
+    if config.run.experiment_group is None:
+        config.run.experiment_group = _data_group(config.data)
     validate(config)
     return config
 
 
-def _data_group(config: Config) -> str:
+def build_data_options(overrides: dict[str, Any]) -> DataOptions:
+    """The data options alone (for the data commands, which train no model)."""
+    names = {f.name for f in fields(DataOptions)}
+    for name in overrides:
+        if name not in names:
+            raise UserError(f"option '{name}' is not a data option; without a template this command takes "
+                            f"{', '.join('--' + n for n in names)}{nearest(name, names)}")
+    options = DataOptions(**{name: coerce(DataOptions, name, value) for name, value in overrides.items()})
+    check_ranges(options)
+    if options.dataset_code is None and not options.data_file:
+        raise UserError("no data: set --dataset_code or --data_file")
+    return options
+
+
+def _not_read(name: str, fam: Family, template: str | None) -> UserError:
+    if name not in ALL_OPTIONS:
+        return UserError(f"unknown option '{name}'{nearest(name, ALL_OPTIONS)}")
+    where = f" (set by template '{template}')" if template else ""
+    others = readers(name)
+    read_by = f"; it is read by {', '.join(others)}" if others else ""
+    return UserError(f"option '{name}'{where} is not read by model '{fam.code}' ({fam.label}){read_by}: "
+                     f"drop it, or choose a model that reads it")
+
+
+def _data_group(data: DataOptions) -> str:
     """The default experiment group: the dataset, or the data file's name without its suffix."""
-    if not config.data_file:
-        return config.dataset_code
-    stem = PurePath(config.data_file).stem
+    if not data.data_file:
+        return data.dataset_code
+    stem = PurePath(data.data_file).stem
     if not _is_safe_component(stem):
-        raise UserError(f"the data file's name {PurePath(config.data_file).name!r} makes no folder name for its "
+        raise UserError(f"the data file's name {PurePath(data.data_file).name!r} makes no folder name for its "
                         f"experiments; pass --experiment_group NAME")
     return stem
 
 
 def _warn_mixed_models(templates: list[str]) -> None:
-    codes = {name: _expand_templates([name]).get("model_code") for name in templates}
+    codes = {name: template_values([name]).get("model_code") for name in templates}
     named = {name: code for name, code in codes.items() if code is not None}
     if len(set(named.values())) > 1:
         last = list(named.values())[-1]
@@ -348,30 +241,21 @@ def _warn_mixed_models(templates: list[str]) -> None:
                       f"{', '.join(f'{n}: {c}' for n, c in named.items())}); the last one wins: {last}", stacklevel=3)
 
 
-def metric_names(config: Config) -> list[str]:
-    """Every metric a run computes (sampled, then full ranking when on)."""
-    ks = sorted(set(config.metric_ks))
-    names = [f"NDCG@{k}" for k in ks] + [f"Recall@{k}" for k in ks] + ["MRR"]
-    return names + [f"full_{name}" for name in names] if config.full_ranking else names
+def _field(code: str, name: str) -> dataclasses.Field:
+    group = owners(code)[name]
+    return field_of(family(code).options if group == "model" else SHARED[group], name)
 
 
-# options that do not change what a run computes: a saved run may be resumed or reused with others
-# (the folder's names too: a run copied or moved to another folder is the same run)
-RUN_ONLY = frozenset({"templates", "resume", "overwrite", "device", "local_data_folder", "experiment_root",
-                      "experiment_group", "experiment_name", "checkpoint_every_seconds", "model_label",
-                      "deterministic", "compile"})
-
-
-def config_differences(saved: dict, config: Config, ignore: frozenset = RUN_ONLY) -> list[tuple[str, Any, Any]]:
-    """(option, saved value, requested value) for each option whose value differs from a saved
-    run's config.json (options the saved file lacks are compared with their defaults)."""
+def config_differences(saved: dict, config: Config, ignore: frozenset = frozenset()) -> list[tuple[str, Any, Any]]:
+    """(option, saved value, requested value) for each identity option of ``config`` whose value
+    differs from a saved run's config.json (an option the file lacks counts as its default;
+    options the file holds that this family does not read are not compared)."""
+    code = config.run.model_code
     differences = []
-    for name, value in config.to_dict().items():
+    for name, value in config.identity().items():
         if name in ignore:
             continue
-        f = OPTIONS[name]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        before = saved.get(name, default)
+        before = saved.get(name, default_of(_field(code, name)))
         if before != value:
             differences.append((name, before, value))
     return differences
@@ -390,7 +274,7 @@ RESUME_NAMING = frozenset({"templates", "model_label"})
 
 def given_options(templates: list[str], overrides: dict[str, Any]) -> frozenset[str]:
     """The options a command line sets: those given directly and those its templates set."""
-    names = set(overrides) | set(_expand_templates(templates))
+    names = set(overrides) | set(template_values(templates))
     return frozenset(names | {"templates"} if templates else names)
 
 
@@ -400,23 +284,37 @@ def resumed_config(saved: dict, requested: Config, path, given: frozenset[str] |
     (None: every option of ``requested`` that is not its default counts as set, and num_epochs is
     always the request's). A set option that differs from the saved run is an error naming each
     such option with both values."""
-    defaults = Config()
+    code = requested.run.model_code
+    read = requested.values()
 
     def is_given(name: str) -> bool:
-        return name in given if given is not None else getattr(requested, name) != getattr(defaults, name)
+        return name in given if given is not None else read[name] != default_of(_field(code, name))
 
-    differences = config_differences(saved, requested, RUN_ONLY | RESUME_EPOCHS | RESUME_DATA)
+    differences = config_differences(saved, requested, RESUME_EPOCHS | RESUME_DATA)
     asked = [(name, before, now) for name, before, now in differences if is_given(name)]
     if asked:
         raise UserError(f"{path}: --resume with options that differ from the saved run: "
                         f"{describe_differences(asked)}; drop them to continue the run as it was, "
                         f"or start a new experiment")
-    options = {name: value for name, value in saved.items() if name in OPTIONS}
-    options.update({name: getattr(requested, name) for name in RUN_ONLY - RESUME_NAMING})
+    run_only = set(read) - set(requested.identity()) - RESUME_NAMING
+    options = {name: saved[name] for name in read if name in saved}
+    options.update({name: read[name] for name in run_only})
     taken = RESUME_NAMING | RESUME_DATA | (RESUME_EPOCHS if given is not None else frozenset())
-    options.update({name: getattr(requested, name) for name in taken if is_given(name)})
-    if given is None:
-        options["num_epochs"] = requested.num_epochs
+    options.update({name: read[name] for name in taken & set(read) if is_given(name)})
+    if given is None and "num_epochs" in read:
+        options["num_epochs"] = read["num_epochs"]
+    return build_config(overrides=options, apply_templates=False)
+
+
+def saved_config(saved: dict, **overrides) -> Config:
+    """The Config of a saved run's config.json (of any version: options its family does not read
+    are left out), with ``overrides``."""
+    code = overrides.get("model_code", saved.get("model_code"))
+    if code not in FAMILIES:
+        raise UserError(f"model_code {code!r} is not a family of this version ({', '.join(FAMILIES)})")
+    read = owners(code)
+    options = {name: value for name, value in saved.items() if name in read}
+    options.update(overrides)
     return build_config(overrides=options, apply_templates=False)
 
 
@@ -437,41 +335,37 @@ def _safe_component(option: str, value: str) -> None:
 
 def validate(config: Config) -> None:
     """Every range, every cross-option check and the model family's own checks, before any I/O."""
-    for name, f in OPTIONS.items():
-        valid: Range | None = f.metadata["valid"]
-        value = getattr(config, name)
-        if valid is None or value is None:
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if not valid.allows(item):
-                raise UserError(f"option '{name}' is {value!r}; allowed: {valid.describe()}")
-    if not config.metric_ks:
+    for group in config.groups().values():
+        check_ranges(group)
+    evaluation = config.evaluation
+    if not evaluation.metric_ks:
         raise UserError("option 'metric_ks' is empty; give at least one cut-off, e.g. --metric_ks 1 5 10")
-    names = metric_names(config)
-    if config.best_metric not in names:
-        raise UserError(f"option 'best_metric' is {config.best_metric!r}, which is not computed"
-                        f"{_nearest(config.best_metric, names)}; choose one of {', '.join(names)}")
-    _safe_component("experiment_group", config.experiment_group)
-    _safe_component("experiment_name", config.experiment_name)
-    if config.dataset_code is None and not config.data_file:
+    names = config.metric_names()
+    if evaluation.best_metric not in names:
+        raise UserError(f"option 'best_metric' is {evaluation.best_metric!r}, which is not computed"
+                        f"{nearest(evaluation.best_metric, names)}; choose one of {', '.join(names)}")
+    _safe_component("experiment_group", config.run.experiment_group)
+    _safe_component("experiment_name", config.run.experiment_name)
+    if config.data.dataset_code is None and not config.data.data_file:
         raise UserError("no data: set --dataset_code or --data_file")
-    if config.resume and config.overwrite:
+    if config.run.resume and config.run.overwrite:
         raise UserError("option 'resume' and option 'overwrite' are both set; choose one: --resume continues the "
                         "saved run, --overwrite replaces it")
-    family(config.model_code).validate(config)
+    config.family.check(config.model)
 
 
 def describe_options(config: Config | None = None, groups: tuple[str, ...] | None = None) -> str:
-    """One line per option with its help: the default, or the value ``config`` gives it."""
+    """Help lines: a run's options with their values, or every option with its default: the
+    shared groups (``groups``: which of them; None: all), then each family's own."""
+    if config is not None:
+        return "\n".join(describe_field(f, getattr(group, f.name))
+                         for group in config.groups().values() for f in fields(group))
     lines = []
-    for f in fields(Config):
-        if groups is not None and f.metadata["group"] not in groups:
-            continue
-        choices = f.metadata["choices"]
-        if config is not None:
-            shown = f"value {getattr(config, f.name)!r}"
-        else:
-            shown = f"default {f.default_factory() if f.default is dataclasses.MISSING else f.default!r}"
-        extra = f" {{{'|'.join(map(str, choices))}}}" if choices else ""
-        lines.append(f"  --{f.name}{extra}  ({shown}) {f.metadata['help']}")
+    for name, cls in SHARED.items():
+        if groups is None or name in groups:
+            lines += [f"{name}:" + (" (families trained by steps)" if name == "training" else "")]
+            lines += [describe_field(f) for f in fields(cls)]
+    if groups is None or "model" in groups:
+        for code, fam in FAMILIES.items():
+            lines += [f"{code} ({fam.label}):"] + [describe_field(f) for f in fields(fam.options)]
     return "\n".join(lines)

@@ -3,7 +3,8 @@
     <experiment_root>/<experiment_group>/<experiment_name>/     (group: the dataset by default)
         config.json  status  results.json
         models/best_model.pth  models/recent_checkpoint.pth
-        tables/train_log.csv  tables/val_log.csv  tables/test_log.csv  tables/test_ranks.csv
+        tables/train_log.csv  tables/val_log.csv  tables/test_log.csv
+        tables/test_ranks.csv  tables/val_ranks.csv      (per-user ranks: every metric follows from them)
 
 This class is the only code that reads or writes an experiment folder. Every file (checkpoints,
 config, results, status, each table, the ranks) is written whole to a uniquely named temporary
@@ -21,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import tempfile
 import threading
@@ -31,10 +33,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from esapr.colab import DRIVE_MOUNTPOINT
-from esapr.config import Config
+from esapr.config import Config, saved_config
 from esapr.errors import UserError, first_line
-from esapr.files import FolderLock, atomic_write, atomic_write_text, refuse_links, remove_leftovers
+from esapr.metrics import FULL, per_user
+from esapr.files import FolderLock, atomic_write, atomic_write_text, on_drive, refuse_links, remove_leftovers
 
 TABLES = ("train_log", "val_log", "test_log")
 # seconds between resumable checkpoints by default; on Drive a checkpoint is hundreds of MB (about
@@ -43,7 +45,8 @@ CHECKPOINT_INTERVAL, DRIVE_CHECKPOINT_INTERVAL = 30.0, 300.0
 
 
 def experiment_path(config: Config) -> Path:
-    return Path(config.experiment_root) / config.experiment_group / config.experiment_name
+    run = config.run
+    return Path(run.experiment_root) / run.experiment_group / run.experiment_name
 
 
 class Experiment:
@@ -73,14 +76,14 @@ class Experiment:
         """Refuse, before anything is written, a run this folder cannot take."""
         status = self.status()
         unfinished = status is not None and status != "finished"
-        if config.resume:
+        if config.run.resume:
             if self.recent_checkpoint.is_file():
                 return
             if unfinished:
                 raise UserError(f"{self.path}: the run stopped before its first checkpoint, so there is nothing "
                                 f"to resume; run the same command without --resume to start it again")
             raise UserError(f"{self.path}: nothing to resume (no checkpoint); drop --resume to start a run")
-        if config.overwrite or status is None or (unfinished and not self.recent_checkpoint.is_file()):
+        if config.run.overwrite or status is None or (unfinished and not self.recent_checkpoint.is_file()):
             return
         if status == "finished":
             raise UserError(f"{self.path} holds a finished run; pass --overwrite to replace it "
@@ -94,6 +97,9 @@ class Experiment:
         if self.status() != "finished":
             return
         done = int((self.read_results() or {}).get("epochs", 0))
+        if config.training is None:
+            raise UserError(f"{self.path} holds a finished run that fitted its whole grid; there is nothing to "
+                            f"continue (--overwrite trains it again)")
         limit = config.num_epochs
         if limit == saved.get("num_epochs") or 0 < limit <= done:
             raise UserError(f"{self.path} holds a finished run of {done} epochs; to continue it pass --resume "
@@ -130,12 +136,30 @@ class Experiment:
         return self.path / self.CONFIG
 
     def write_config(self, config: Config, extra: dict) -> None:
-        atomic_write_text(self.config_file, json.dumps({**config.to_dict(), **extra}, indent=2))
+        """config.json: every option the run reads, where its data is (absolute), and ``extra``."""
+        data = config.data
+        location = {"data_file": str(Path(data.data_file).resolve()) if data.data_file else None,
+                    "local_data_folder": str(Path(data.local_data_folder).resolve())}
+        atomic_write_text(self.config_file, json.dumps({**config.values(), **extra, "data_location": location},
+                                                       indent=2))
 
     def read_config(self) -> dict:
         if not self.config_file.is_file():
             raise UserError(f"{self.path}: no {self.CONFIG}; is this an experiment folder?")
         return self._read_json(self.config_file, "the run's settings are lost: start it again with --overwrite")
+
+    def run_config(self, **overrides) -> Config:
+        """The saved run's Config (``overrides`` replace saved values, e.g. where its data is now).
+        The data is looked for where the run recorded it (absolute paths, so any working folder
+        will do), else where its options say."""
+        saved = self.read_config()
+        recorded = saved.get("data_location") or {}
+        found = {name: place for name, place in recorded.items()
+                 if name not in overrides and isinstance(place, str) and Path(place).exists()}
+        try:
+            return saved_config(saved, **found, **overrides)
+        except UserError as error:
+            raise UserError(f"{self.config_file}: {error}") from None
 
     def check_data(self, fingerprint: str) -> None:
         """Refuse data other than what the run was trained on (whatever its size)."""
@@ -150,7 +174,7 @@ class Experiment:
 
     def read_results(self) -> dict | None:
         path = self.path / "results.json"
-        return self._read_json(path, "re-create it with `esapr evaluate` or --resume") if path.is_file() else None
+        return self._read_json(path, "train the run again with --overwrite") if path.is_file() else None
 
     @staticmethod
     def _read_json(path: Path, fix: str) -> dict:
@@ -207,8 +231,7 @@ class Experiment:
 
     def default_checkpoint_interval(self) -> float:
         """Seconds between resumable checkpoints when the run does not say: longer on Google Drive."""
-        path = self.path.resolve()
-        return DRIVE_CHECKPOINT_INTERVAL if Path(DRIVE_MOUNTPOINT) in (path, *path.parents) else CHECKPOINT_INTERVAL
+        return DRIVE_CHECKPOINT_INTERVAL if on_drive(self.path) else CHECKPOINT_INTERVAL
 
     def load(self, path: Path, device="cpu") -> dict:
         """A checkpoint's contents; a missing or damaged one is a UserError saying what to do."""
@@ -301,28 +324,42 @@ class Experiment:
             self._rows[table] = rows
             self._write_table(table, rows)
 
-    # --- per-user test ranks -------------------------------------------------------------------------
-    @property
-    def ranks_file(self) -> Path:
-        return self.tables / "test_ranks.csv"
+    # --- per-user ranks: every metric of a split is computed from them ------------------------------
+    def ranks_file(self, split: str = "test") -> Path:
+        return self.tables / f"{split}_ranks.csv"
 
-    def write_ranks(self, user_ids: np.ndarray, ranks: np.ndarray, full_ranks: np.ndarray) -> None:
-        """Each test user's 0-based rank of the answer among the sampled candidates and among all
-        unseen items (-1: full ranking off)."""
+    def write_ranks(self, split: str, user_ids: np.ndarray, ranks: np.ndarray, full_ranks: np.ndarray) -> None:
+        """Each user's 0-based rank of the answer among the sampled candidates and among all
+        unseen items (-1: full ranking off): the test split, and validation at the best epoch."""
         frame = pd.DataFrame({"user": user_ids, "rank": ranks, "full_rank": full_ranks})
-        atomic_write_text(self.ranks_file, frame.to_csv(index=False))
+        atomic_write_text(self.ranks_file(split), frame.to_csv(index=False))
 
-    def read_ranks(self) -> pd.DataFrame:
-        if not self.ranks_file.is_file():
-            raise UserError(f"{self.path}: no tables/test_ranks.csv (the run has not been tested yet)")
+    def read_ranks(self, split: str = "test") -> pd.DataFrame:
+        path = self.ranks_file(split)
+        if not path.is_file():
+            raise UserError(f"{self.path}: no tables/{path.name} (the run has not been tested yet)")
         try:
-            frame = pd.read_csv(self.ranks_file)
+            frame = pd.read_csv(path, dtype={"user": str}, keep_default_na=False)
         except (OSError, ValueError, UnicodeDecodeError) as error:
-            raise UserError(f"{self.ranks_file}: damaged ({first_line(error)}); `esapr evaluate` cannot rewrite "
-                            f"it yet: train again with --overwrite") from None
+            raise UserError(f"{path}: damaged ({first_line(error)}); train again with --overwrite") from None
         if list(frame.columns) != ["user", "rank", "full_rank"]:
-            raise UserError(f"{self.ranks_file}: damaged (columns {list(frame.columns)}); train again with --overwrite")
+            raise UserError(f"{path}: damaged (columns {list(frame.columns)}); train again with --overwrite")
         return frame
+
+    def test_metrics(self, names: list[str]) -> dict[str, float]:
+        """Test metrics ``names`` of a finished run: those results.json holds, the others computed
+        from the saved per-user ranks (and added to results.json, so they are there next time)."""
+        results = self.read_results() or {}
+        test = dict(results.get("test") or {})
+        missing = [name for name in names if name not in test]
+        if missing:
+            ranks = self.read_ranks("test")
+            for name in missing:
+                column = ranks["full_rank" if name.startswith(FULL) else "rank"].to_numpy()
+                test[name] = float(per_user(column, name).mean()) if (column >= 0).all() else math.nan
+            if results:
+                self.write_results({**results, "test": test})
+        return {name: test[name] for name in names}
 
 
 def _on_cpu(value):

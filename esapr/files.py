@@ -25,6 +25,14 @@ _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 TEMPORARY = ".*.tmp"      # the names atomic_write gives its temporary files
+# where Colab mounts Google Drive: a slow FUSE folder, where writes are fewer and larger
+DRIVE_MOUNTPOINT = "/content/drive"
+
+
+def on_drive(path: Path) -> bool:
+    """Whether ``path`` lies on the Google Drive mount."""
+    path = Path(path).resolve()
+    return Path(DRIVE_MOUNTPOINT) in (path, *path.parents)
 
 
 def atomic_write(path: Path, write: Callable) -> None:

@@ -16,58 +16,49 @@ from esapr.errors import UserError
 
 
 class LoadedExperiment:
-    """A trained experiment ready to recommend: ``.config``, ``.results``, ``.path``."""
+    """A trained experiment ready to recommend: ``.config``, ``.results``, ``.path``. The data is
+    found where the run recorded it (``data_file``/``local_data_folder`` say where it is now)."""
 
-    def __init__(self, path, device: str = "cpu", data_folder: str | None = None):
-        from esapr.commands import load_experiment_config
+    def __init__(self, path, device: str = "cpu", data_file: str | None = None,
+                 local_data_folder: str | None = None):
         from esapr.experiment import Experiment
 
         self.path = Path(path)
         self.experiment = Experiment(self.path)
-        overrides = {"device": device}
-        if data_folder is not None:
-            overrides["local_data_folder"] = str(data_folder)
-        self.config = load_experiment_config(self.path, **overrides)
+        places = {"data_file": data_file, "local_data_folder": local_data_folder}
+        self.config = self.experiment.run_config(device=device, **{k: v for k, v in places.items() if v is not None})
         self.results = self.experiment.read_results() or {}
         if not self.experiment.has_weights():
             raise UserError(f"{self.path}: no trained model yet (models/ is empty); train the experiment first")
-        self._data = None
-        self._model = None
-        self._builder = None
+        self._run = None
         self._titles = None
 
     # --- lazily loaded parts ------------------------------------------------------------------
     @property
-    def data(self):
-        if self._data is None:
+    def run(self):
+        """The model with its best weights, its data and batch builder (``training.evaluator``)."""
+        if self._run is None:
             from esapr.data.prepare import prepare_data
-            data = prepare_data(self.config)
-            self.experiment.check_data(data.fingerprint)
-            self._data = data
-        return self._data
+            from esapr.training.evaluator import load_run
+            self._run = load_run(self.experiment, self.config, prepare_data(self.config))
+            self._run.model.eval()
+        return self._run
+
+    @property
+    def data(self):
+        return self.run.data
 
     @property
     def model(self):
-        if self._model is None:
-            from esapr.models import build_model
-            from esapr.training.trainer import data_info
-            model = build_model(self.config, data_info(self.data)).to(self.device)
-            self.experiment.load_best_weights(model, self.device)
-            model.eval()
-            self._model = model
-        return self._model
+        return self.run.model
 
     @property
     def device(self):
-        from esapr.training.trainer import resolve_device
-        return resolve_device(self.config.device)
+        return self.run.device
 
     @property
     def builder(self):
-        if self._builder is None:
-            from esapr.registry import family
-            self._builder = family(self.config.model_code).builder_class()(self.data, self.config, self.device)
-        return self._builder
+        return self.run.batches
 
     def titles(self) -> dict:
         if self._titles is None:
@@ -163,10 +154,11 @@ class LoadedExperiment:
         return self._with_titles(frame)
 
 
-def load_experiment(path, device: str = "cpu", data_folder: str | None = None) -> LoadedExperiment:
+def load_experiment(path, device: str = "cpu", data_file: str | None = None,
+                    local_data_folder: str | None = None) -> LoadedExperiment:
     """Open a trained experiment folder. ``data_folder`` replaces the saved local_data_folder
     (when the data lives elsewhere now); the data is loaded on first use."""
-    return LoadedExperiment(path, device=device, data_folder=data_folder)
+    return LoadedExperiment(path, device=device, data_file=data_file, local_data_folder=local_data_folder)
 
 
 def format_recommendations(frame: pd.DataFrame) -> str:
@@ -225,7 +217,7 @@ class RecommendationPanel:
 
     def _get(self, path: str) -> LoadedExperiment:
         if path not in self._loaded:
-            self._loaded[path] = load_experiment(path, device=self.device, data_folder=self.data_folder)
+            self._loaded[path] = load_experiment(path, device=self.device, local_data_folder=self.data_folder)
         return self._loaded[path]
 
     def _on_change(self, change) -> None:
@@ -269,28 +261,3 @@ def recommendation_panel(experiments, k: int = 10, data_folder: str | None = Non
     """The interactive panel over an experiment folder, a root of experiments, or a list;
     ``selected`` (an experiment folder) comes first and is chosen."""
     return RecommendationPanel(experiments, k=k, data_folder=data_folder, device=device, selected=selected)
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-def cmd_recommend(argv: list[str]) -> int:
-    """esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--data_folder DIR]"""
-    from esapr.cli import parse_options
-
-    overrides, flags = parse_options(argv, extra=("experiment", "user", "items", "k", "data_folder", "json"))
-    device = overrides.pop("device", "cpu")
-    folder = overrides.pop("local_data_folder", flags.get("data_folder"))
-    if overrides or "experiment" not in flags or ("user" in flags) == ("items" in flags):
-        raise UserError("usage: esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] "
-                        "[--data_folder DIR] [--json]")
-    try:
-        k = int(flags.get("k", 10))
-    except ValueError:
-        raise UserError(f"-k expects a whole number, got '{flags['k']}'") from None
-    experiment = load_experiment(flags["experiment"], device=device, data_folder=folder)
-    if "user" in flags:
-        frame = experiment.recommend(user=flags["user"], k=k)
-    else:
-        items = flags["items"] if isinstance(flags["items"], list) else str(flags["items"]).replace(",", " ").split()
-        frame = experiment.recommend(history=items, k=k)
-    print(frame.to_json(orient="records") if flags.get("json") else format_recommendations(frame))
-    return 0

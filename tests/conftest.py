@@ -4,6 +4,8 @@ Data:    SHARED_DATA, ``ml100k_dir`` (the real MovieLens-100K under ../shared; s
 Network: ``http_server`` (a local http.server on 127.0.0.1 in a thread); helpers ``zip_bytes``,
          ``closed_port_url`` (import them: ``from tests.conftest import zip_bytes``)
 CLI:     ``run_cli`` fixture / ``start_cli`` helper (``python -m esapr ...`` in a subprocess)
+Runs:    ``tiny(template, data_file, **extra)``: a template's family's tiny preset on a test file
+         (``from tests.conftest import tiny``); ``template_of(code)``; ``data_file`` fixture
 """
 from __future__ import annotations
 
@@ -148,6 +150,29 @@ def run_cli(tmp_path):
         out, err = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(process.args, process.returncode, out, err)
     return run
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+def template_of(code: str) -> str:
+    """A packaged template of the family (the one named after it where there is one)."""
+    from esapr.config import template_names, template_values
+    names = [name for name in template_names() if template_values([name]).get("model_code") == code]
+    assert names, f"family {code} has no template"
+    return f"train_{code}" if f"train_{code}" in names else names[0]
+
+
+def tiny(template: str, data_file: Path | None = None, **extra) -> dict:
+    """Options for a run of ``template`` that trains in a second: its family's tiny preset
+    (``esapr.families``), on the CPU, checkpointing every epoch, on ``data_file`` (caches beside
+    it), then ``extra``."""
+    from esapr.config import template_values
+    from esapr.families import family
+    options = {**family(template_values([template])["model_code"]).preset, "device": "cpu",
+               "checkpoint_every_seconds": 0}
+    if data_file is not None:
+        options.update(data_file=str(data_file), local_data_folder=str(Path(data_file).parent / "data"))
+    return {**options, **extra}
 
 
 @pytest.fixture(scope="module")

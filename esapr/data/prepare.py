@@ -1,4 +1,4 @@
-"""Config -> PreparedData: raw file (downloaded once) -> cached sequences -> cached negatives.
+"""Options -> PreparedData: raw file (downloaded once) -> cached sequences -> cached negatives.
 
 Each cache is keyed by exactly the options that change it, so changing ``lr`` never
 re-preprocesses and changing ``min_uc`` always does.
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from esapr.config import Config
+from esapr.options.groups import DataOptions
 from esapr.data.negatives import cached_negatives
 from esapr.data.sequences import Sequences, build_sequences
 from esapr.data.sources import SOURCES, file_fingerprint, read_user_file
@@ -57,10 +58,10 @@ class PreparedData:
         return source.titles(self.raw_folder)
 
 
-def raw_file(config: Config) -> Path:
+def raw_file(data: DataOptions) -> Path:
     """The raw ratings file: the user's, or the registry dataset's (downloaded once)."""
-    if config.data_file:
-        path = Path(config.data_file)
+    if data.data_file:
+        path = Path(data.data_file)
         if path.is_dir():
             raise UserError(f"{path}: is a folder; --data_file takes a ratings or sequence file")
         if path.exists() and not path.is_file():
@@ -69,19 +70,19 @@ def raw_file(config: Config) -> Path:
         if not path.is_file():
             raise UserError(f"{path}: file not found; check --data_file")
         return path
-    if config.dataset_code not in SOURCES:
-        raise UserError(f"unknown dataset_code '{config.dataset_code}'; choose one of {', '.join(SOURCES)} "
+    if data.dataset_code not in SOURCES:
+        raise UserError(f"unknown dataset_code '{data.dataset_code}'; choose one of {', '.join(SOURCES)} "
                         f"or pass --data_file")
     from esapr.data.download import ensure_raw
-    return ensure_raw(SOURCES[config.dataset_code], Path(config.local_data_folder), config.data_url)
+    return ensure_raw(SOURCES[data.dataset_code], Path(data.local_data_folder), data.data_url)
 
 
-def cache_dir(config: Config, raw: Path) -> Path:
+def cache_dir(data: DataOptions, raw: Path) -> Path:
     """Keyed by the raw file's fingerprint and exactly the options that change the sequences."""
-    label = f"file-{raw.stem}" if config.data_file else config.dataset_code
-    name = (f"{label}-{file_fingerprint(raw)}_min_rating{config.min_rating:g}-min_uc{config.min_uc}"
-            f"-min_sc{config.min_sc}-split{config.split}")
-    return Path(config.local_data_folder) / "preprocessed" / name
+    label = f"file-{raw.stem}" if data.data_file else data.dataset_code
+    name = (f"{label}-{file_fingerprint(raw)}_min_rating{data.min_rating:g}-min_uc{data.min_uc}"
+            f"-min_sc{data.min_sc}-split{data.split}")
+    return Path(data.local_data_folder) / "preprocessed" / name
 
 
 @contextmanager
@@ -96,10 +97,10 @@ def _cache_lock(folder: Path):
         lock.release()
 
 
-def load_sequences(config: Config) -> tuple[Sequences, Path, Path]:
+def load_sequences(data: DataOptions) -> tuple[Sequences, Path, Path]:
     """(sequences, cache folder, raw file): from the cache, or read + preprocess + cache them."""
-    raw = raw_file(config)
-    folder = cache_dir(config, raw)
+    raw = raw_file(data)
+    folder = cache_dir(data, raw)
     path = folder / "sequences.npz"
     with _cache_lock(folder):
         if path.is_file():
@@ -107,27 +108,34 @@ def load_sequences(config: Config) -> tuple[Sequences, Path, Path]:
                 return Sequences.load(path), folder, raw
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 path.unlink()  # a damaged cache is rebuilt, never used
-        frame = read_user_file(raw) if config.data_file else SOURCES[config.dataset_code].reader(raw)
-        sequences = build_sequences(frame, config.min_rating, config.min_sc, config.min_uc)
+        frame = read_user_file(raw) if data.data_file else SOURCES[data.dataset_code].reader(raw)
+        sequences = build_sequences(frame, data.min_rating, data.min_sc, data.min_uc)
         sequences.save(path)
     return sequences, folder, raw
 
 
-def prepare_data(config: Config) -> PreparedData:
-    start = time.perf_counter()
-    sequences, folder, raw = load_sequences(config)
-    loaded = time.perf_counter()
+def test_negatives(data: DataOptions, sequences: Sequences, folder: Path) -> np.ndarray:
+    """The evaluation negatives of the prepared sequences in ``folder`` (cached there)."""
     with _cache_lock(folder):
-        test_negatives = cached_negatives(sequences, folder, config.test_negative_sampler_code,
-                                          config.test_negative_sample_size, config.test_negative_sampling_seed,
-                                          legacy=config.legacy_negatives)
-        train_negatives = None
-        if config.train_negative_sample_size > 0:
-            train_negatives = cached_negatives(sequences, folder, config.train_negative_sampler_code,
-                                               config.train_negative_sample_size,
-                                               config.train_negative_sampling_seed, legacy=config.legacy_negatives)
+        return cached_negatives(sequences, folder, data.test_negative_sampler_code, data.test_negative_sample_size,
+                                data.test_negative_sampling_seed, legacy=data.legacy_negatives)
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """The run's data: sequences, test negatives and, where its family has a pool, training negatives."""
+    data, pool = config.data, config.negative_pool
+    start = time.perf_counter()
+    sequences, folder, raw = load_sequences(data)
+    loaded = time.perf_counter()
+    negatives = test_negatives(data, sequences, folder)
+    train_negatives = None
+    if pool is not None:
+        with _cache_lock(folder):
+            train_negatives = cached_negatives(sequences, folder, pool.train_negative_sampler_code,
+                                               pool.train_negative_sample_size, pool.train_negative_sampling_seed,
+                                               legacy=data.legacy_negatives)
     done = time.perf_counter()
-    name = f"file-{raw.stem}" if config.data_file else config.dataset_code
-    raw_folder = None if config.data_file else raw.parent
-    return PreparedData(sequences, test_negatives, train_negatives, folder, name, raw_folder,
+    name = f"file-{raw.stem}" if data.data_file else data.dataset_code
+    raw_folder = None if data.data_file else raw.parent
+    return PreparedData(sequences, negatives, train_negatives, folder, name, raw_folder,
                         {"sequences_s": loaded - start, "negatives_s": done - loaded})

@@ -1,7 +1,7 @@
 """What every model is to the trainer: ``forward(batch)`` returns the training loss, ``scores``
 scores every item, ``candidate_scores`` the evaluation candidates; a closed-form model (EASE,
 SLIST) has no loss but a grid of settings it fits exactly (``closed_form_grid``). The registry
-(``esapr.registry``) maps model_code to the class."""
+(``esapr.families``) maps model_code to the class; a model is built from its family's options."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from esapr.data.batches.types import Batch
-from esapr.registry import family
-from esapr.training.schedule import Schedule
+from esapr.models.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,18 @@ class SequentialModel(nn.Module):
         """Scores with the items a model never ranks (for the sampled protocol) set to -inf."""
         return scores
 
-    def make_schedule(self, config) -> Schedule:
+    def make_schedule(self) -> Schedule:
         return Schedule()
 
     def prepare(self, data) -> None:
         """Fit what the model computes in closed form from the training data (``PreparedData``),
-        before its first epoch; nothing by default."""
+        before its first epoch; nothing by default. A loaded model is not prepared: its state
+        holds the result."""
+
+    def fixed_state(self) -> set[str]:
+        """Names of state entries that ``prepare`` sets and training never changes: a copy of the
+        best weights shares them instead of cloning them at every improvement."""
+        return set()
 
     def closed_form_grid(self) -> list[dict] | None:
         """A closed-form model's settings (option -> value), fitted in order by ``fit_closed_form``,
@@ -68,7 +73,9 @@ class SequentialModel(nn.Module):
 
 
 def build_model(config, info: DataInfo) -> SequentialModel:
-    """Build with a seeded initialisation (``model_init_seed``), independent of earlier RNG use."""
+    """The family's model from its own options, with a seeded initialisation (``model_init_seed``;
+    0 for a closed-form model, which has nothing random), independent of earlier RNG use."""
+    seed = config.training.model_init_seed if config.training is not None else 0
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.model_init_seed)
-        return family(config.model_code).model_class()(config, info)
+        torch.manual_seed(seed)
+        return config.family.model_class()(config.model, info)

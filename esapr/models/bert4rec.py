@@ -78,16 +78,16 @@ class MaskedItemModel(SequentialModel):
     """A token table, an ``encode`` of the window and a head over the items; trained to recover
     masked items, scored from the last slot (the mask token at evaluation)."""
 
-    def __init__(self, config, info: DataInfo):
+    def __init__(self, options, info: DataInfo):
         super().__init__()
-        self.hidden = config.hidden_units
+        self.hidden = options.hidden_units
         self.n_classes = info.n_items + 1              # pad + items; the mask token is not a class
         self.token = nn.Embedding(info.n_items + 2, self.hidden, padding_idx=0)
 
-    def make_head(self, config) -> nn.Module:
-        if config.headtype == "linear":
-            return LinearHead(self.hidden, self.n_classes, config.head_use_ln)
-        return DotHead(self.hidden, self.token, self.n_classes, config.head_use_ln)
+    def make_head(self, options) -> nn.Module:
+        if options.headtype == "linear":
+            return LinearHead(self.hidden, self.n_classes, options.head_use_ln)
+        return DotHead(self.hidden, self.token, self.n_classes, options.head_use_ln)
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         """Hidden states [B, T, H]; ``last_only``: only the last slot [B, H]."""
@@ -126,16 +126,16 @@ class TransformerBlock(nn.Module):
 
 
 class BERT4Rec(MaskedItemModel):
-    def __init__(self, config, info: DataInfo):
-        super().__init__(config, info)
+    def __init__(self, options, info: DataInfo):
+        super().__init__(options, info)
         hidden = self.hidden
-        self.position = PositionalEmbedding(config.max_len, hidden)
+        self.position = PositionalEmbedding(options.max_len, hidden)
         self.norm = nn.LayerNorm(hidden)
-        self.dropout = Dropout(config.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(hidden, config.num_heads, config.dropout, config.residual_ln_type)
-                                    for _ in range(config.num_blocks))
-        self.head = self.make_head(config)
-        init_weights(self, config.model_init_range)
+        self.dropout = Dropout(options.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(hidden, options.num_heads, options.dropout, options.residual_ln_type)
+                                    for _ in range(options.num_blocks))
+        self.head = self.make_head(options)
+        init_weights(self, options.model_init_range)
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         """The last block computes the last row alone when ``last_only``."""

@@ -14,8 +14,8 @@ from esapr.models.linear import LinearItemModel, gram, ridge_inverse
 
 
 class EASE(LinearItemModel):
-    def __init__(self, config, info: DataInfo):
-        super().__init__(info, [{"ease_lambda": lam} for lam in config.ease_lambdas])
+    def __init__(self, options, info: DataInfo):
+        super().__init__(info, [{"ease_lambda": lam} for lam in options.ease_lambdas])
         self.user_gram: torch.Tensor | None = None      # XᵀX, the same for every lambda
 
     def fit_closed_form(self, setting: dict, batches: HistoryBatches) -> None:

@@ -33,10 +33,9 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
 
 
 class EsaprPlus(VAE):
-    def __init__(self, config, info: DataInfo):
-        super().__init__(config, info)
-        self.config = config
-        self.linear_weight = config.linear_weight
+    def __init__(self, options, info: DataInfo):
+        super().__init__(options, info)
+        self.linear_weight = options.linear_weight
         self.solve_dtype = torch.float64 if info.n_items <= FLOAT64_ITEMS else torch.float32
         vocab = info.n_items + 1
         self.register_buffer("linear", torch.zeros(vocab, vocab))
@@ -44,9 +43,12 @@ class EsaprPlus(VAE):
     def prepare(self, data) -> None:
         if self.linear_weight == 0:
             return
-        histories = RecentHistoryBatches(data, self.config, self.linear.device)
+        histories = RecentHistoryBatches(data, self.options, None, self.linear.device)
         grams = slist_grams(histories, self.solve_dtype)
-        self.linear.copy_(slist_weights(grams, self.config.linear_lambda, self.config.linear_alpha))
+        self.linear.copy_(slist_weights(grams, self.options.linear_lambda, self.options.linear_alpha))
+
+    def fixed_state(self) -> set[str]:
+        return {"linear"}
 
     def scores(self, batch: BagBatch) -> torch.Tensor:
         logits = super().scores(batch).float()

@@ -39,22 +39,22 @@ class Attention(nn.Module):
 
 
 class MARank(SequentialModel):
-    def __init__(self, config, info: DataInfo):
+    def __init__(self, options, info: DataInfo):
         super().__init__()
-        hidden = config.hidden_units
+        hidden = options.hidden_units
         self.n_classes = info.n_items + 1
         self.user_latent = nn.Embedding(info.n_users + 1, hidden)
         self.item_latent = nn.Embedding(info.n_items + 1, hidden)
         self.item_context = nn.Embedding(info.n_items + 1, hidden)
-        self.user_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.marank_num_att_layers))
-        self.item_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.marank_num_att_layers))
-        self.final_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(config.marank_num_linear_layers))
+        self.user_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(options.marank_num_att_layers))
+        self.item_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(options.marank_num_att_layers))
+        self.final_res = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(options.marank_num_linear_layers))
         self.context_attention = Attention(hidden, with_user=True)
         self.relation_attention = nn.ModuleList(Attention(hidden, with_user=True)
-                                                for _ in range(config.marank_num_att_layers))
+                                                for _ in range(options.marank_num_att_layers))
         self.hidden_attention = Attention(hidden, with_user=False)
-        self.dropout = Dropout(config.dropout)
-        init_weights(self, config.model_init_range)
+        self.dropout = Dropout(options.dropout)
+        init_weights(self, options.model_init_range)
 
     def residual_stack(self, x: torch.Tensor, layers: nn.ModuleList) -> list:
         """out = ReLU(Linear(drop(out)) + out) per layer; every layer's output."""

@@ -41,7 +41,7 @@ from esapr.models.attention import (FeedForward, PositionalEmbedding, Sublayer, 
 from esapr.models.bert4rec import MaskedItemModel
 from esapr.models.dropout import Dropout
 from esapr.models.relative import KernelTerm, PairDropout
-from esapr.registry import kernel_kinds
+from esapr.families.meantime import kernel_kinds
 
 
 class RelativeKernels:
@@ -160,30 +160,30 @@ class MeantimeBlock(nn.Module):
 class MEANTIME(MaskedItemModel):
     """MEANTIME with ``num_heads`` attention heads per kernel (see the module docstring)."""
 
-    def __init__(self, config, info: DataInfo):
-        super().__init__(config, info)
+    def __init__(self, options, info: DataInfo):
+        super().__init__(options, info)
         hidden = self.hidden
-        self.absolute_kinds = kernel_kinds(config.absolute_kernel_types)
-        self.relative_kinds = kernel_kinds(config.relative_kernel_types)
-        self.freq = config.freq
-        self.time_unit = config.time_unit_divide
+        self.absolute_kinds = kernel_kinds(options.absolute_kernel_types)
+        self.relative_kinds = kernel_kinds(options.relative_kernel_types)
+        self.freq = options.freq
+        self.time_unit = options.time_unit_divide
         self.absolute = nn.ModuleDict()
         for kind in self.absolute_kinds:
             if kind == "p":
-                self.absolute[kind] = PositionalEmbedding(config.max_len, hidden)
+                self.absolute[kind] = PositionalEmbedding(options.max_len, hidden)
             elif kind == "d":
                 self.absolute[kind] = nn.Embedding(info.n_days, hidden)
             else:
                 self.absolute[kind] = nn.Embedding(1, hidden)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = Dropout(options.dropout)
         self.blocks = nn.ModuleList(
-            MeantimeBlock(hidden, len(self.absolute_kinds), len(self.relative_kinds), config.dropout,
-                          config.residual_ln_type, config.num_heads)
-            for _ in range(config.num_blocks))
-        self.head = self.make_head(config)
-        init_weights(self, config.model_init_range)
+            MeantimeBlock(hidden, len(self.absolute_kinds), len(self.relative_kinds), options.dropout,
+                          options.residual_ln_type, options.num_heads)
+            for _ in range(options.num_blocks))
+        self.head = self.make_head(options)
+        init_weights(self, options.model_init_range)
         for block in self.blocks:
-            nn.init.normal_(block.attention.rel_bias, 0.0, config.model_init_range)
+            nn.init.normal_(block.attention.rel_bias, 0.0, options.model_init_range)
 
     def _absolute(self, batch: SequenceBatch, b: int, length: int) -> list:
         kernels = []

@@ -91,13 +91,13 @@ class SasModelBase(SequentialModel):
     """Shared by SASRec and TiSASRec: the token table, the loss and scoring against the token
     embedding (no head, no bias)."""
 
-    def __init__(self, config, info: DataInfo):
+    def __init__(self, options, info: DataInfo):
         super().__init__()
-        self.hidden = config.hidden_units
+        self.hidden = options.hidden_units
         self.n_classes = info.n_items + 1
         self.token = nn.Embedding(info.n_items + 2, self.hidden, padding_idx=0)
-        self.loss = config.loss
-        self.num_negatives = config.num_negatives
+        self.loss = options.loss
+        self.num_negatives = options.num_negatives
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         raise NotImplementedError
@@ -122,17 +122,17 @@ class SasModelBase(SequentialModel):
 
 
 class SASRec(SasModelBase):
-    def __init__(self, config, info: DataInfo):
-        super().__init__(config, info)
+    def __init__(self, options, info: DataInfo):
+        super().__init__(options, info)
         hidden = self.hidden
-        self.position = PositionalEmbedding(config.max_len, hidden)
-        self.dropout = Dropout(config.dropout)
+        self.position = PositionalEmbedding(options.max_len, hidden)
+        self.dropout = Dropout(options.dropout)
         self.blocks = nn.ModuleList(
-            SasBlock(MultiHeadAttention(hidden, config.num_heads, config.dropout, output_linear=False),
-                     hidden, config.dropout)
-            for _ in range(config.num_blocks))
+            SasBlock(MultiHeadAttention(hidden, options.num_heads, options.dropout, output_linear=False),
+                     hidden, options.dropout)
+            for _ in range(options.num_blocks))
         self.norm = nn.LayerNorm(hidden)
-        init_weights(self, config.model_init_range)
+        init_weights(self, options.model_init_range)
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         tokens = batch.tokens

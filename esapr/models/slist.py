@@ -48,9 +48,9 @@ def slist_weights(grams: Grams, lam: float, alpha: float) -> torch.Tensor:
 
 
 class SLIST(LinearItemModel):
-    def __init__(self, config, info: DataInfo):
+    def __init__(self, options, info: DataInfo):
         super().__init__(info, [{"slist_lambda": lam, "slist_alpha": alpha}
-                                for lam in config.slist_lambdas for alpha in config.slist_alphas])
+                                for lam in options.slist_lambdas for alpha in options.slist_alphas])
         self.grams: Grams | None = None
 
     def fit_closed_form(self, setting: dict, batches: RecentHistoryBatches) -> None:

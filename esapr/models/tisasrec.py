@@ -69,20 +69,20 @@ class TimeIntervalAttention(nn.Module):
 
 
 class TiSASRec(SasModelBase):
-    def __init__(self, config, info: DataInfo):
-        super().__init__(config, info)
+    def __init__(self, options, info: DataInfo):
+        super().__init__(options, info)
         hidden = self.hidden
-        self.clip = config.tisas_max_time_intervals
-        self.position_key = PositionalEmbedding(config.max_len, hidden)
-        self.position_value = PositionalEmbedding(config.max_len, hidden)
+        self.clip = options.tisas_max_time_intervals
+        self.position_key = PositionalEmbedding(options.max_len, hidden)
+        self.position_value = PositionalEmbedding(options.max_len, hidden)
         self.time_key = nn.Embedding(self.clip + 1, hidden)
         self.time_value = nn.Embedding(self.clip + 1, hidden)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = Dropout(options.dropout)
         self.blocks = nn.ModuleList(
-            SasBlock(TimeIntervalAttention(hidden, config.num_heads, config.dropout), hidden, config.dropout)
-            for _ in range(config.num_blocks))
+            SasBlock(TimeIntervalAttention(hidden, options.num_heads, options.dropout), hidden, options.dropout)
+            for _ in range(options.num_blocks))
         self.norm = nn.LayerNorm(hidden)
-        init_weights(self, config.model_init_range)
+        init_weights(self, options.model_init_range)
 
     def encode(self, batch: SequenceBatch, last_only: bool = False) -> torch.Tensor:
         tokens = batch.tokens

@@ -10,7 +10,7 @@ from torch import nn
 from esapr.data.batches.types import BagBatch
 from esapr.data.batches.vae import position_weights
 from esapr.models import DataInfo, SequentialModel
-from esapr.training.schedule import Schedule, Transfer
+from esapr.models.schedule import Schedule, Transfer
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -26,21 +26,22 @@ def _stack(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class VAE(SequentialModel):
-    def __init__(self, config, info: DataInfo):
+    def __init__(self, options, info: DataInfo):
         super().__init__()
         vocab = info.n_items + 1
-        hidden = list(config.encoder_hidden_layer or [])
-        self.latent = config.encode_len
-        self.max_len = config.max_len
-        self.legacy_bag = config.legacy_bag
-        self.scaled_loss = config.scaled_loss
-        self.normalize = nn.BatchNorm1d(vocab) if config.normalize_type == "batch" else None
-        self.input_dropout = nn.Dropout(config.dropout)
+        hidden = list(options.encoder_hidden_layer or [])
+        self.latent = options.encode_len
+        self.max_len = options.max_len
+        self.legacy_bag = options.legacy_bag
+        self.scaled_loss = options.scaled_loss
+        self.normalize = nn.BatchNorm1d(vocab) if options.normalize_type == "batch" else None
+        self.input_dropout = nn.Dropout(options.dropout)
         self.encoder = _stack([vocab, *hidden, 2 * self.latent], "relu")
-        self.decoder = _stack([self.latent, *reversed(hidden), vocab], config.decoder_activation)
-        self.register_buffer("weights", position_weights(config.weight_type, config.max_len, config.weight_constant),
+        self.decoder = _stack([self.latent, *reversed(hidden), vocab], options.decoder_activation)
+        self.register_buffer("weights", position_weights(options.weight_type, options.max_len, options.weight_constant),
                              persistent=False)
-        self.recover_len = config.max_len   # set by the schedule
+        self.recover_len = options.max_len   # set by the schedule
+        self.options = options
         # set by the schedule before each step: a tensor, so that a step is the same graph every time
         # (a Python float changing every step makes torch.compile or a CUDA graph start again)
         self.register_buffer("kl_weight", torch.zeros(()), persistent=False)
@@ -95,23 +96,23 @@ class VAE(SequentialModel):
         scores[:, 0] = float("-inf")
         return scores
 
-    def make_schedule(self, config) -> Schedule:
-        return TransferSchedule(config)
+    def make_schedule(self) -> Schedule:
+        return TransferSchedule(self.options)
 
 
 class TransferSchedule(Schedule):
     """KL annealing (beta = min(cap, steps / total)) and transfer training: at each plateau
     halve recover_len down to 1, optionally shrink dropout and reload the best weights."""
 
-    def __init__(self, config):
-        self.total_anneal_steps = config.total_anneal_steps
-        self.anneal_cap = config.anneal_cap
-        self.train_transfer = config.train_transfer
-        self.best_model_transfer = config.best_model_transfer
-        self.decrease_dropout = config.decrease_dropout
-        self.max_len = config.max_len
-        self.base_dropout = config.dropout
-        self.recover_len = config.max_len
+    def __init__(self, options):
+        self.total_anneal_steps = options.total_anneal_steps
+        self.anneal_cap = options.anneal_cap
+        self.train_transfer = options.train_transfer
+        self.best_model_transfer = options.best_model_transfer
+        self.decrease_dropout = options.decrease_dropout
+        self.max_len = options.max_len
+        self.base_dropout = options.dropout
+        self.recover_len = options.max_len
         self.update_count = 0
 
     def _apply(self, model: VAE) -> None:

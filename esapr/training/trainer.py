@@ -2,11 +2,13 @@
 early stopping with the model's schedule at plateaus, checkpoint/resume and logging.
 
 A closed-form model (``closed_form_grid()`` not None) runs through the same loop without an
-optimizer: epoch k fits the grid's k-th setting exactly, is validated and logged (the setting in
-the val_log row), and the best setting's weights are kept and tested as any best epoch's.
+optimizer and without epochs: step k fits the grid's k-th setting exactly, is validated and
+logged (the setting in the val_log row); every setting is fitted, whatever the limits of a run
+trained by steps, and the best setting's weights are tested.
 
-Everything random in an epoch is a function of the epoch number (global seeds and the batch
-builder's generator), so a run resumed from its checkpoint ends with the same results.
+Everything random in an epoch is a function of the run's seed and the epoch number (global
+seeds and the batch builder's generator), so a run resumed from its checkpoint ends with the
+same results, and two seeds share no random draw.
 
 Checkpoints suit a slow disk (Google Drive): the best weights so far live in memory and travel
 inside the resumable checkpoint, which is written in the background at most every
@@ -27,10 +29,9 @@ from esapr.config import Config, resumed_config
 from esapr.data.prepare import PreparedData, prepare_data
 from esapr.errors import Interrupted, UserError, first_line
 from esapr.experiment import Experiment, experiment_path
-from esapr.models import DataInfo, build_model
+from esapr.models import build_model
 from esapr.progress import Progress, make_progress
-from esapr.registry import family
-from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks
+from esapr.training.evaluator import Evaluation, data_info, evaluate, make_builder, resolve_device
 from esapr.training.precision import choose_precision, make_deterministic
 
 
@@ -48,23 +49,13 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-@dataclass
-class Evaluation:
-    """Metrics averaged over users, and each user's 0-based rank of the answer (full_ranks: -1
-    when full ranking is off)."""
-    metrics: dict[str, float]
-    users: np.ndarray
-    ranks: np.ndarray
-    full_ranks: np.ndarray
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no GPU is visible; use --device cpu or auto "
-                        "(in Colab: Runtime > Change runtime type > GPU)")
-    return torch.device(name)
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The global seed of one epoch of a run with seed ``seed``: the epoch number itself for seed
+    0 (the stream every run had before the run's seed reached it, so seed-0 results are kept),
+    otherwise a hash of (seed, epoch), so runs of two seeds share no random draw."""
+    if seed == 0:
+        return epoch
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -73,41 +64,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def data_info(data: PreparedData) -> DataInfo:
-    seqs = data.sequences
-    n_days = int(seqs.days.max()) + 1 if seqs.n_interactions else 1
-    return DataInfo(n_users=seqs.n_users, n_items=seqs.n_items, n_days=n_days)
-
-
 class Trainer:
     def __init__(self, config: Config, data: PreparedData, progress: Progress | bool | str = True):
         self.config = config
+        self.training = config.training     # None: a closed-form model
         self.data = data
         self.progress = make_progress(progress)
-        if config.deterministic:
+        run = config.run
+        if run.deterministic:
             make_deterministic()
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(run.device)
         self.info = data_info(data)
         self.model = build_model(config, self.info).to(self.device)
-        if config.compile:
+        if run.compile:
             self.model.compile()   # forward (the training loss) only; the state_dict keeps its names
-        self.batches = family(config.model_code).builder_class()(data, config, self.device)
+        self.batches = make_builder(config, data, self.device)
         self.model.prepare(data)
-        self.schedule = self.model.make_schedule(config)
+        self.schedule = self.model.make_schedule()
         self.grid = self.model.closed_form_grid()       # None: trained by gradient steps
         self.optimizer = self.lr_scheduler = None       # a closed-form model has nothing to step
         if self.grid is None:
+            training = self.training
             params = self.model.parameters()
-            if config.optimizer == "SGD":
-                self.optimizer = torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
-                                                 momentum=config.momentum or 0.0)
+            if training.optimizer == "SGD":
+                self.optimizer = torch.optim.SGD(params, lr=training.lr, weight_decay=training.weight_decay,
+                                                 momentum=training.momentum or 0.0)
             else:
-                self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.decay_step, config.gamma)
-        self.precision = choose_precision(config.amp, config.amp_dtype, self.device)
+                self.optimizer = torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay,
+                                                  fused=True)
+            self.lr_scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, training.decay_step, training.gamma)
+        self.precision = choose_precision(run.amp, run.amp_dtype, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.state = TrainState()
         self.best_weights: dict | None = None   # a copy of the best model's state_dict so far
+        self.best_val: dict | None = None       # the best epoch's validation ranks (users, rank, full_rank)
 
     def autocast(self):
         """The training precision's autocast context (nothing for fp32)."""
@@ -146,38 +136,15 @@ class Trainer:
         with self.autocast():
             loss = self.model(batch)
         self.scaler.scale(loss).backward()
-        if self.config.clip_grad_norm is not None:
+        if self.training.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.training.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach().float()
 
-    @torch.no_grad()
     def evaluate(self, split: str, limit: int | None = None) -> Evaluation:
-        """Sampled metrics (answer against its negatives) and, with full_ranking, metrics against
-        every item the user has not seen, averaged per user; with every user's ranks.
-
-        Always in float32, also after mixed-precision training: a tie counts against the answer,
-        and bf16/fp16 scores tie often (a VAE on ML-100K under bf16: 95 of 943 test users)."""
-        self.model.eval()
-        acc = MetricAccumulator(self.config.metric_ks)
-        users, sampled, full = [], [], []
-        for batch in self.batches.eval_batches(split, limit):
-            scores = self.model.scores(batch) if self.config.full_ranking else None
-            candidate = self.model.candidate_scores(batch, scores)
-            ranks = candidate_ranks(candidate.float())
-            acc.add(ranks)
-            users.append(batch.users)
-            sampled.append(ranks)
-            if scores is not None:
-                rows, items = self.batches.history_mask(batch)
-                full.append(full_ranks(scores.float(), batch.answers, rows, items))
-                acc.add(full[-1], prefix="full_")
-            else:
-                full.append(torch.full_like(ranks, -1))
-        users, sampled, full = (torch.cat(part).cpu().numpy() for part in (users, sampled, full))
-        return Evaluation(acc.result(), users, sampled, full)
+        return evaluate(self.model, self.batches, self.config, split, limit)
 
     # --- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -187,7 +154,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": _state(self.optimizer),
                 "lr_scheduler": _state(self.lr_scheduler), "scaler": self.scaler.state_dict(),
                 "schedule": self.schedule.state_dict(), "state": asdict(self.state),
-                "best_model": self.best_weights}
+                "best_model": self.best_weights, "best_val": self.best_val}
 
     def restore(self, checkpoint: dict, path) -> None:
         """The training state of a resumable checkpoint (read from ``path``); one that is not
@@ -210,9 +177,14 @@ class Trainer:
             raise UserError(f"{path}: the checkpoint does not fit this run ({type(error).__name__}: "
                             f"{first_line(error)}); {fix}") from None
         self.best_weights = checkpoint["best_model"]
+        self.best_val = checkpoint.get("best_val")
 
-    def _keep_best(self, weights: dict) -> None:
-        self.best_weights = {name: value.detach().clone() for name, value in weights.items()}
+    def _keep_best(self, evaluation: Evaluation) -> None:
+        fixed = self.model.fixed_state()
+        self.best_weights = {name: value if name in fixed else value.detach().clone()
+                             for name, value in self.model.state_dict().items()}
+        self.best_val = {"users": torch.as_tensor(evaluation.users), "rank": torch.as_tensor(evaluation.ranks),
+                         "full_rank": torch.as_tensor(evaluation.full_ranks)}
 
     def save_best(self, experiment: Experiment) -> None:
         """Write models/best_model.pth (at the end of a run, or whenever asked)."""
@@ -234,9 +206,10 @@ class Trainer:
     def summary(self, experiment: Experiment) -> str:
         """The start-up line: data, model, device and precision, folder."""
         seqs = self.data.sequences
-        label = self.config.model_label or family(self.config.model_code).label
+        run = self.config.run
+        label = run.model_label or self.config.family.label
         return (f"{self.data.name}: {seqs.n_users:,} users, {seqs.n_items:,} items, {seqs.n_interactions:,} "
-                f"interactions | {label} ({self.config.model_code}) | {self.device_name()}, {self.precision.name} | "
+                f"interactions | {label} ({run.model_code}) | {self.device_name()}, {self.precision.name} | "
                 f"{experiment.path}")
 
     # --- the run -------------------------------------------------------------------------------
@@ -245,48 +218,56 @@ class Trainer:
         self.restore(experiment.load(experiment.recent_checkpoint, self.device), experiment.recent_checkpoint)
         experiment.truncate_tables(self.state.epoch)
 
+    def epoch_limit(self) -> int:
+        """How many epochs (a closed-form model: settings) the run goes to at most."""
+        if self.grid is not None:
+            return len(self.grid)          # every setting, always
+        if self.config.run.pilot:
+            return 1
+        return self.training.num_epochs if self.training.num_epochs > 0 else 10**9
+
     def fit(self, experiment: Experiment) -> dict:
         config = self.config
         experiment.set_status("running")
-        max_epochs = 1 if config.pilot else (config.num_epochs if config.num_epochs > 0 else 10**9)
-        if self.grid is not None:
-            max_epochs = min(max_epochs, len(self.grid))
-        limit = 1 if config.pilot else None
-        self.progress.start_epochs(None if config.num_epochs <= 0 and self.grid is None else max_epochs,
-                                   self.state.epoch)
-        interval = (config.checkpoint_every_seconds if config.checkpoint_every_seconds is not None
-                    else experiment.default_checkpoint_interval())
+        max_epochs = self.epoch_limit()
+        limit = 1 if config.run.pilot else None
+        self.progress.start_epochs(None if max_epochs == 10**9 else max_epochs, self.state.epoch)
+        every = config.run.checkpoint_every_seconds
+        interval = every if every is not None else experiment.default_checkpoint_interval()
+        best_metric = config.evaluation.best_metric
         saved_at = time.monotonic()
         while not self.state.stopped and self.state.epoch < max_epochs:
             epoch = self.state.epoch + 1
-            seed_everything(epoch)
+            seed_everything(epoch_seed(config.seed, epoch))
             start = time.perf_counter()
             trained = self.run_epoch(epoch, limit)
             train_seconds = time.perf_counter() - start
-            val = self.evaluate("val", limit).metrics
+            validation = self.evaluate("val", limit)
+            val = validation.metrics
             setting = self.setting(epoch)
             experiment.append_row("train_log", {"epoch": epoch, **trained, "seconds": round(train_seconds, 4),
                                                 **self.schedule.log_values()})
             experiment.append_row("val_log", {"epoch": epoch, **setting, **val})
-            self._after_validation(epoch, val[config.best_metric])
+            self._after_validation(epoch, validation)
             self.state.epoch = epoch
             self.state.train_seconds += time.perf_counter() - start
             last = self.state.stopped or epoch >= max_epochs
             if last or time.monotonic() - saved_at >= interval:
                 experiment.save_in_background(experiment.recent_checkpoint, self.checkpoint())
                 saved_at = time.monotonic()
-            self.progress.epoch_done(epoch, {config.best_metric: f"{val[config.best_metric]:.4f}",
+            self.progress.epoch_done(epoch, {best_metric: f"{val[best_metric]:.4f}",
                                              "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
                                              **self.schedule.progress_values(), **setting})
         self.progress.close()
         return self.finish(experiment)
 
-    def _after_validation(self, epoch: int, metric: float) -> None:
+    def _after_validation(self, epoch: int, validation: Evaluation) -> None:
         state = self.state
+        metric = validation.metrics[self.config.evaluation.best_metric]
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.patience_from = metric, epoch, epoch
-            self._keep_best(self.model.state_dict())
-        elif epoch - state.patience_from >= self.config.saturation_wait_epochs:
+            self._keep_best(validation)
+        elif self.grid is None and epoch - state.patience_from >= self.training.saturation_wait_epochs:
             transfer = self.schedule.on_plateau(self.model)
             if transfer is None:
                 state.stopped = True
@@ -302,17 +283,23 @@ class Trainer:
         if self.best_weights is not None:
             self.save_best(experiment)
         self.load_best(experiment)
-        evaluation = self.evaluate("test", 1 if self.config.pilot else None)
+        run = self.config.run
+        evaluation = self.evaluate("test", 1 if run.pilot else None)
         test = evaluation.metrics
         experiment.append_row("test_log", {"epoch": self.state.best_epoch, **test})
-        experiment.write_ranks(self.data.sequences.user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
+        user_ids = self.data.sequences.user_ids
+        experiment.write_ranks("test", user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
+        if self.best_val is not None:
+            best = self.best_val
+            experiment.write_ranks("val", user_ids[best["users"].numpy()], best["rank"].numpy(),
+                                   best["full_rank"].numpy())
         results = {"test": test, "best_epoch": self.state.best_epoch, "best_val": self.state.best_metric,
                    **({"best_setting": self.setting(self.state.best_epoch)}
                       if self.grid is not None and self.state.best_epoch else {}),
                    "epochs": self.state.epoch, "train_seconds": round(self.state.train_seconds, 2),
-                   "model_code": self.config.model_code, "dataset": self.data.name,
+                   "model_code": run.model_code, "dataset": self.data.name,
                    "experiment": str(experiment.path), "device": str(self.device), "device_name": self.device_name(),
-                   "precision": self.precision.name, "deterministic": self.config.deterministic}
+                   "precision": self.precision.name, "deterministic": run.deterministic}
         experiment.write_results(results)
         experiment.set_status("finished")
         return results
@@ -330,19 +317,20 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
     experiment = Experiment(experiment_path(config))
     with experiment.lock():
         experiment.check_can_train(config)
-        if config.resume:
+        resume = config.run.resume
+        if resume:
             saved = experiment.read_config()
             config = resumed_config(saved, config, experiment.path, given)
             experiment.check_can_extend(saved, config)
         data = data or prepare_data(config)
-        if config.resume:
+        if resume:
             experiment.check_data(data.fingerprint)
         trainer = Trainer(config, data, progress)
         progress.line(trainer.summary(experiment))
-        if config.resume:
+        if resume:
             trainer.resume_from(experiment)
-            if saved.get("num_epochs") != config.num_epochs:      # extended or capped: the limit it runs with
-                experiment.write_config(config, {k: v for k, v in saved.items() if k not in config.to_dict()})
+            if config.training is not None and saved.get("num_epochs") != config.num_epochs:  # extended or capped
+                experiment.write_config(config, {k: v for k, v in saved.items() if k not in config.values()})
         else:
             experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions,
                                       "data_fingerprint": data.fingerprint})

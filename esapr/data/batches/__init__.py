@@ -1,6 +1,7 @@
 """Batch builders: index arithmetic on the CSR sequences, done on the training device.
 
-Every model family has a builder (see ``esapr.registry``) with the same shape:
+Every model family has a builder (see ``esapr.families``), built from the family's own options
+and the evaluation and training groups, with the same shape:
 ``train_batches(epoch)`` yields shuffled training batches (a function of the seed and the epoch
 only, so a resumed run sees the same batches); ``eval_batches(split)`` yields validation or test
 batches with ``users``, ``ends``, ``answers`` and ``candidates`` (answer first);
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 import torch
 
-from esapr.config import Config
 from esapr.data.batches.types import Batch
 from esapr.data.sequences import SECONDS_PER_DAY
-from esapr.training.metrics import history_pairs
+from esapr.options.groups import EvalOptions, TrainOptions
+from esapr.data.ragged import history_pairs
 
 if TYPE_CHECKING:
     from esapr.data.prepare import PreparedData
@@ -66,9 +67,12 @@ class Interactions:
 class BatchBuilder:
     """Shared parts: CSR arrays on the device, training examples, shuffling, evaluation batches."""
 
-    def __init__(self, data: "PreparedData", config: Config, device: torch.device):
+    def __init__(self, data: "PreparedData", options, evaluation: EvalOptions, device: torch.device,
+                 training: TrainOptions | None = None):
         seqs = data.sequences
-        self.config = config
+        self.options = options          # the family's own options
+        self.evaluation = evaluation
+        self.training = training        # None: no training batches (a closed-form model, or scoring only)
         self.device = device
         self.n_items = seqs.n_items
         self.first_day = int(seqs.timestamps.min()) // SECONDS_PER_DAY if seqs.n_interactions else 0
@@ -77,9 +81,10 @@ class BatchBuilder:
         self.data = self.interactions(seqs.items, seqs.timestamps, seqs.offsets)
         self.items = self.data.items
         self.negatives = torch.as_tensor(data.test_negatives.astype(np.int64), device=device)
-        users, ends = training_ends(seqs.offsets, config.max_len, config.train_window)
-        self.train_users = torch.as_tensor(users, device=device)
-        self.train_ends = torch.as_tensor(ends, device=device)
+        if training is not None:
+            users, ends = training_ends(seqs.offsets, options.max_len, training.train_window)
+            self.train_users = torch.as_tensor(users, device=device)
+            self.train_ends = torch.as_tensor(ends, device=device)
 
     def interactions(self, items: np.ndarray, timestamps: np.ndarray, offsets: np.ndarray) -> Interactions:
         """The per-interaction arrays this family's batches need (items; more in subclasses)."""
@@ -91,18 +96,18 @@ class BatchBuilder:
 
     def num_train_batches(self) -> int:
         # drop_last as the original, but never zero batches on a tiny dataset
-        return max(1, self.num_train_examples // self.config.train_batch_size)
+        return max(1, self.num_train_examples // self.training.train_batch_size)
 
     def generator(self, epoch: int, stream: int = 0) -> torch.Generator:
         """A generator that depends only on (dataloader_random_seed, epoch, stream)."""
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.config.dataloader_random_seed * 1_000_003 + epoch) * 31 + stream)
+        g.manual_seed((self.training.dataloader_random_seed * 1_000_003 + epoch) * 31 + stream)
         return g
 
     def train_batches(self, epoch: int, limit: int | None = None) -> Iterator[Batch]:
         g = self.generator(epoch)
         order = torch.randperm(self.num_train_examples, generator=g, device=self.device)
-        size = min(self.config.train_batch_size, self.num_train_examples)
+        size = min(self.training.train_batch_size, self.num_train_examples)
         count = self.num_train_batches() if limit is None else min(limit, self.num_train_batches())
         for b in range(count):
             index = order[b * size:(b + 1) * size]
@@ -110,7 +115,7 @@ class BatchBuilder:
 
     def eval_batches(self, split: str, limit: int | None = None) -> Iterator[Batch]:
         """Users in row order; the answer is items[end], the visible history items[start:end]."""
-        batch_size = self.config.val_batch_size if split == "val" else self.config.test_batch_size
+        batch_size = self.evaluation.val_batch_size if split == "val" else self.evaluation.test_batch_size
         answers_at = self.offsets[1:] - (1 if split == "test" else 2)
         n_users = len(answers_at)
         for b, first in enumerate(range(0, n_users, batch_size)):

@@ -20,12 +20,12 @@ from esapr.data.sequences import SECONDS_PER_DAY
 
 
 class BertBatches(BatchBuilder):
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
         self.mask_token = self.n_items + 1
 
     def _window(self, users, source: Interactions, starts, ends) -> SequenceBatch:
-        index, valid = window_index(starts, ends, self.config.max_len)
+        index, valid = window_index(starts, ends, self.options.max_len)
         extra = {name: torch.where(valid, values[index], 0)
                  for name, values in (("timestamps", source.timestamps), ("days", source.days)) if values is not None}
         return SequenceBatch(users=users, tokens=torch.where(valid, source.items[index], 0), **extra)
@@ -33,7 +33,7 @@ class BertBatches(BatchBuilder):
     def train_batch(self, users, ends, generator) -> SequenceBatch:
         batch = self._window(users, self.data, self.starts[users], ends)
         tokens = batch.tokens
-        p = self.config.mask_prob
+        p = self.options.mask_prob
         draws = torch.rand(tokens.shape, generator=generator, device=self.device)
         random_items = torch.randint(1, self.n_items + 1, tokens.shape, generator=generator, device=self.device)
         picked = (draws < p) & (tokens > 0)

@@ -18,15 +18,15 @@ import torch
 from esapr.data.batches import BatchBuilder, Interactions
 from esapr.data.batches.types import HistoryBatch
 from esapr.data.batches.vae import position_weights
-from esapr.training.metrics import ragged_positions
+from esapr.data.ragged import ragged_positions
 
 # entries of one chunk of SLIST's transition rows (indices and value: about 20 bytes each)
 CHUNK_ENTRIES = 1 << 24
 
 
 class HistoryBatches(BatchBuilder):
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
         self.vocab = self.n_items + 1
         self.train_stop = self.offsets[1:] - 2      # the validation answer: the training part ends before it
         self.weights: torch.Tensor | None = None    # by distance (last = 1 before the target); None: binary
@@ -57,9 +57,9 @@ class HistoryBatches(BatchBuilder):
 
 
 class RecentHistoryBatches(HistoryBatches):
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
-        self.weights = position_weights(config.weight_type, config.max_len, config.weight_constant)[:-1].to(device)
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
+        self.weights = position_weights(options.weight_type, options.max_len, options.weight_constant)[:-1].to(device)
 
     def transition_rows(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(history rows, target items) for every training target (each position of a user's

@@ -45,8 +45,8 @@ def rescaled_timestamps(offsets: np.ndarray, timestamps: np.ndarray) -> np.ndarr
 
 
 class SasBatches(BatchBuilder):
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
         # stored compactly; gathered entries are widened per batch
         self.pool = (None if data.train_negatives is None else
                      torch.as_tensor(data.train_negatives.astype(np.int32), device=device))
@@ -58,7 +58,7 @@ class SasBatches(BatchBuilder):
         return self.pool[rows, picks].long()
 
     def train_batch(self, users, ends, generator) -> SequenceBatch:
-        length = self.config.max_len
+        length = self.options.max_len
         index, valid = window_index(self.starts[users], ends, length + 1)
         seq = torch.where(valid, self.items[index], 0)
         tokens = seq[:, :-1]
@@ -70,7 +70,7 @@ class SasBatches(BatchBuilder):
                              timestamps=None if times is None else torch.where(valid, times[index], 0)[:, :-1])
 
     def eval_batch(self, users, starts, ends, source: Interactions) -> SequenceBatch:
-        index, valid = window_index(starts, ends, self.config.max_len)
+        index, valid = window_index(starts, ends, self.options.max_len)
         times = source.timestamps
         return SequenceBatch(users=users, tokens=torch.where(valid, source.items[index], 0),
                              timestamps=None if times is None else torch.where(valid, times[index], 0))
@@ -86,9 +86,9 @@ class MarankBatches(SasBatches):
     """MARank mode: the number of examples still follows max_len/train_window (§3.2), so the
     amount of computation matches the other models, but every example draws its own end."""
 
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
-        self.context = config.marank_max_len
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
+        self.context = options.marank_max_len
         self.train_stop = self.offsets[1:] - 2  # absolute exclusive end of each user's training part
 
     def _context(self, items: torch.Tensor, starts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

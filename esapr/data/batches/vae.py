@@ -49,17 +49,17 @@ def build_bag(slots: torch.Tensor, weights: torch.Tensor, vocab: int, legacy: bo
 
 
 class VaeBatches(BatchBuilder):
-    def __init__(self, data, config, device):
-        super().__init__(data, config, device)
-        self.weights = position_weights(config.weight_type, config.max_len, config.weight_constant).to(device)
+    def __init__(self, data, options, evaluation, device, training=None):
+        super().__init__(data, options, evaluation, device, training)
+        self.weights = position_weights(options.weight_type, options.max_len, options.weight_constant).to(device)
         self.vocab = self.n_items + 1
 
     def _batch(self, users, items, starts, window_ends, generator=None) -> BagBatch:
-        labels = gather_windows(items, starts, window_ends, self.config.max_len)
+        labels = gather_windows(items, starts, window_ends, self.options.max_len)
         slots = labels[:, :-1]
         last = last_occurrence(slots)
-        bag = build_bag(slots, self.weights[:-1], self.vocab, self.config.legacy_bag, last)
-        if generator is not None and self.config.aug_prob > 0:
+        bag = build_bag(slots, self.weights[:-1], self.vocab, self.options.legacy_bag, last)
+        if generator is not None and self.options.aug_prob > 0:
             bag = self._augment(bag, labels, generator)
         # slots + last let the model drop out each distinct bag item without a dense random mask
         return BagBatch(users=users, labels=labels, bag=bag, slots=slots, last=last)
@@ -68,7 +68,7 @@ class VaeBatches(BatchBuilder):
         """Halve the entries of slots drawn below aug/2, then double those drawn above 1-aug/2
         (once per item, like the original's indexed multiply)."""
         draws = torch.rand(labels.shape, generator=generator, device=labels.device)
-        half = self.config.aug_prob / 2
+        half = self.options.aug_prob / 2
         for hit, factor in ((draws < half, 0.5), (draws >= 1 - half, 2.0)):
             touched = torch.zeros_like(bag).scatter_reduce_(1, labels, hit.to(bag.dtype), "amax")
             bag = torch.where(touched > 0, bag * factor, bag)
