@@ -1,4 +1,4 @@
-"""Random / popular negative samplers (reference.md §2, §9.1 item 1): vectorised, seeded, cached.
+"""Random / popular negative samplers (docs/original.md §2, §9.1 item 1): vectorised, seeded, cached.
 
 ``sample_negatives`` returns an ``[n_users, size]`` int32 array of dense item ids (1..n_items);
 row u belongs to user row u. Each row excludes every item the user ever interacted with (the
@@ -274,7 +274,7 @@ def _dense(marks: _Marks, weights: np.ndarray, lo: int, rows: np.ndarray, size: 
 # --- legacy path ---------------------------------------------------------------------------------
 
 def _legacy(sequences, code: str, weights: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """The original's loop (reference.md §2): one RandomState, users in row order; p = base
+    """The original's loop (docs/original.md §2): one RandomState, users in row order; p = base
     distribution (popular: count / total in float64; random: ones / n_items), the user's items
     zeroed, p / p.sum(), ``choice(items, size, replace=False, p=p)``. Short pools (where the
     original crashes) take all unseen items, then ``choice(..., replace=True, p=p)`` repeats."""

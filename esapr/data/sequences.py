@@ -129,7 +129,7 @@ def _dense(codes: np.ndarray, n_codes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_sequences(raw: RawInteractions, min_rating: float = 0, min_sc: int = 5, min_uc: int = 5) -> Sequences:
-    """reference.md §1.2: rating filter, item filter, then user filter (one pass each),
+    """docs/original.md §1.2: rating filter, item filter, then user filter (one pass each),
     sorted-unique dense ids, stable (timestamp, file order) sort per user.
 
     Vectorised, O(n) apart from one stable sort: ML-20M size (20M rows) in a few seconds."""

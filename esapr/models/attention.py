@@ -1,4 +1,4 @@
-"""Transformer parts shared by BERT4Rec, SASRec, TiSASRec and MEANTIME (reference.md §4.2).
+"""Transformer parts shared by BERT4Rec, SASRec, TiSASRec and MEANTIME (docs/original.md §4.2).
 
 Conventions: sequences are left-padded with item 0, so window slot j of a length-T batch is row
 ``max_len - T + j`` of a positional table and the most recent item sits at slot T-1. Attention

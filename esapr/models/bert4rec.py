@@ -1,4 +1,4 @@
-"""BERT4Rec (reference.md §4.3): token + positional embedding, LayerNorm, dropout, bidirectional
+"""BERT4Rec (docs/original.md §4.3): token + positional embedding, LayerNorm, dropout, bidirectional
 Transformer blocks (output linear, FFN 4H with GELU and no middle dropout), a tied dot-product
 (or linear) head; cross-entropy over the masked positions (§5.2).
 

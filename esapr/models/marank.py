@@ -1,4 +1,4 @@
-"""MARank (reference.md §4.7): multi-order attentive ranking over a user and the M items before
+"""MARank (docs/original.md §4.7): multi-order attentive ranking over a user and the M items before
 the target (right-padded by repeating the last item, ``MarankBatches``), trained with BPR against
 one negative from the user's training pool (§5.2).
 

@@ -1,4 +1,4 @@
-"""MEANTIME (reference.md §4.6): mixed attention whose heads each use one temporal kernel.
+"""MEANTIME (docs/original.md §4.6): mixed attention whose heads each use one temporal kernel.
 
 Absolute kernels (``absolute_kernel_types``, '-'-separated): ``p`` positional embedding, ``d``
 day embedding, ``c`` one constant vector; each gives [B, T, H]. Head l (absolute):

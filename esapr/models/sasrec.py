@@ -1,4 +1,4 @@
-"""SASRec as the original's "exact" SAS body (reference.md §4.4).
+"""SASRec as the original's "exact" SAS body (docs/original.md §4.4).
 
 Embedding: token + positional, dropout (no sqrt(H) scale, no re-masking of padding between
 blocks, as the original). Block: q = LN1(x); a = MHA(query=q, key=x, value=x) without output

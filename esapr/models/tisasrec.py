@@ -1,4 +1,4 @@
-"""TiSASRec (reference.md §4.5): SASRec whose attention also sees absolute positions (separate
+"""TiSASRec (docs/original.md §4.5): SASRec whose attention also sees absolute positions (separate
 key and value tables) and relative time intervals |ts'_i - ts'_j| clipped at
 ``tisas_max_time_intervals`` (separate key and value tables), the intervals computed on the
 device from the [B, T] rescaled timestamps (§3.4).

@@ -1,5 +1,5 @@
 """ESAPR: Multi-VAE over a recency-weighted bag of items, trained with a weighted multinomial
-likelihood over the last ``recover_len`` window slots and transfer training (reference.md §4.1,
+likelihood over the last ``recover_len`` window slots and transfer training (docs/original.md §4.1,
 §5.3, §5.5).
 """
 from __future__ import annotations

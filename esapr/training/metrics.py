@@ -1,4 +1,4 @@
-"""Ranks of the answer on the device (reference.md §6, §9.1 item 5): one positive per user, so a
+"""Ranks of the answer on the device (docs/original.md §6, §9.1 item 5): one positive per user, so a
 user's metrics (``esapr.metrics``) follow from the 0-based rank of the answer, computed without
 sorting.
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def training_ends(offsets: np.ndarray, max_len: int, window: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """reference.md §3.2: each user's training history ends (exclusive) at n-2; with a sliding
+    """docs/original.md §3.2: each user's training history ends (exclusive) at n-2; with a sliding
     step W, windows end at pos, pos-W, ... while the relative end stays >= max_len.
     Returns (user row, absolute exclusive end) for every training example, users in order."""
     starts = offsets[:-1]

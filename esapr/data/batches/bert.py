@@ -1,4 +1,4 @@
-"""BERT4Rec / MEANTIME batches: masked windows, built on the device (reference.md §3.3).
+"""BERT4Rec / MEANTIME batches: masked windows, built on the device (docs/original.md §3.3).
 
 Training: the window items[max(start, end-T):end] is right-aligned in T slots (left padding 0);
 each real token is picked with probability mask_prob, and a picked token becomes the mask token

@@ -1,4 +1,4 @@
-"""SASRec / TiSASRec / MARank batches: next-item targets, built on the device (reference.md §3.4).
+"""SASRec / TiSASRec / MARank batches: next-item targets, built on the device (docs/original.md §3.4).
 
 Training (SAS): the T+1 items before the window end give T input tokens and, shifted by one,
 T labels (left padding 0); every label gets one negative drawn uniformly (with replacement)

@@ -1,4 +1,4 @@
-"""ESAPR batches: the recency-weighted bag of items, built on the device (reference.md §3.5).
+"""ESAPR batches: the recency-weighted bag of items, built on the device (docs/original.md §3.5).
 
 A window of the last ``max_len`` items is right-aligned in ``labels`` [B, N] (slot N-1 is the
 target); the bag [B, n_items+1] holds, for each item in slots 0..N-2, its slot weight.
