@@ -38,6 +38,8 @@ class Command:
 SAVED_RUN_OPTIONS = ("data_file", "local_data_folder", "device")
 # command flags that are switches (a bare --flag); every other flag takes a value
 SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only"})
+# command flags that take several values; every other flag and every option that is not a list takes one
+LIST_FLAGS = frozenset({"root", "items", "metrics", "seeds", "templates"})
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("data", "esapr.commands:cmd_data", "dataset statistics, or download + preprocess + negatives ahead of time",
             "esapr data stats|prepare --dataset_code CODE | --data_file PATH [--option value ...]",
@@ -128,11 +130,15 @@ def parse_options(argv: list[str], extra: tuple[str, ...] = (),
             if name not in known:
                 takes = "" if allowed is None else f"; this command takes {', '.join('--' + n for n in (*extra, *allowed))}"
                 raise UserError(f"unknown option '--{name}'{nearest(name, [*extra, *known])}{takes}")
-        listed = name in ALL_OPTIONS and is_list(ALL_OPTIONS[name], name)
+        listed = name in LIST_FLAGS if name in extra else name in ALL_OPTIONS and is_list(ALL_OPTIONS[name], name)
         switch = name in SWITCHES if name in extra else name in ALL_OPTIONS and is_bool(ALL_OPTIONS[name], name)
         if not values and not switch:
             raise UserError(f"option '--{name}' needs a value (--{name} VALUE)")
-        target[name] = True if not values else values if listed or len(values) > 1 else values[0]
+        if len(values) > 1 and not listed:
+            raise UserError(f"option '--{name}' takes one value, got {len(values)} ({' '.join(values[:3])}"
+                            f"{' ...' if len(values) > 3 else ''}); quote a value that holds spaces, and check "
+                            f"that a * did not expand to several files")
+        target[name] = True if not values else values if listed else values[0]
     return overrides, flags
 
 
@@ -159,6 +165,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def _terminate(signum, frame) -> None:
+    """The first SIGTERM ends the command as Ctrl-C does; later ones are ignored while it saves
+    and says what was kept (SIGKILL still ends it at once)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt("terminated")
 
 
@@ -210,8 +219,17 @@ def _run(argv: list[str]) -> int:
               f"with more memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:
+        _end_progress_line()
         print(f"esapr: {error if isinstance(error, Interrupted) else 'interrupted'}", file=sys.stderr)
+        if isinstance(error.__context__, BrokenPipeError) or getattr(error, "closed_output", False):
+            sys.stdout = None       # the reader is gone: nothing more to flush at exit
         return 130
+
+
+def _end_progress_line() -> None:
+    """A progress bar may hold the terminal's last line: the message starts on a new one."""
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -25,8 +25,9 @@ from esapr.errors import UserError
 from esapr.families import FAMILIES, family
 from esapr.families.base import Family, ModelOptions, NegativePool
 from esapr.metrics import metric_names
+from esapr.metrics import parse as parse_metric
 from esapr.options.groups import DataOptions, EvalOptions, RunOptions, TrainOptions
-from esapr.options.spec import check_ranges, coerce, default_of, describe_field, field_of, nearest
+from esapr.options.spec import check_ranges, coerce, default_of, describe_field, field_of, nearest, short
 
 SHARED = {"run": RunOptions, "data": DataOptions, "evaluation": EvalOptions, "training": TrainOptions}
 # where each option name is declared first (its type is the same wherever it is declared)
@@ -100,6 +101,9 @@ def readers(name: str) -> list[str]:
     return [code for code in FAMILIES if name in owners(code)]
 
 
+TEMPLATE_BYTES = 1 << 20
+
+
 def template_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("esapr.templates").iterdir() if p.name.endswith(".yaml"))
 
@@ -116,7 +120,11 @@ def read_template(name: str) -> dict[str, Any]:
             raise UserError(f"unknown template '{name}'{nearest(name, template_names())}; available: "
                             f"{', '.join(template_names())} (your own template: a path ending in .yaml)")
     try:
-        values = yaml.safe_load(path.read_text())
+        text = path.read_bytes()
+        if len(text) > TEMPLATE_BYTES:
+            raise UserError(f"template '{name}' is {len(text):,} bytes; a template of options is far smaller "
+                            f"(at most {TEMPLATE_BYTES:,})")
+        values = yaml.safe_load(text.decode())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -142,10 +150,10 @@ def _expand_templates(names: list[str], seen: tuple = ()) -> tuple[dict[str, Any
         parents = [parents] if isinstance(parents, str) else parents
         if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
             raise UserError(f"template '{name}': 'templates' must be a template name or a list of them, "
-                            f"got {parents!r}")
+                            f"got {short(parents)}")
         for key in values:
-            if key not in ALL_OPTIONS:
-                raise UserError(f"template '{name}': unknown option '{key}'{nearest(str(key), ALL_OPTIONS)}")
+            if not isinstance(key, str) or key not in ALL_OPTIONS:
+                raise UserError(f"template '{name}': unknown option {short(key)}{nearest(str(key), ALL_OPTIONS)}")
         inherited, inherited_origin = _expand_templates(parents, seen + (name,))
         merged.update(inherited)
         origin.update(inherited_origin)
@@ -172,11 +180,11 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
     values["templates"] = templates
     for name in overrides:
         origin.pop(name, None)
-    code = values.get("model_code")
+    code = coerce(RunOptions, "model_code", values.get("model_code"))
     if code is None:
         raise UserError("no model chosen: name a template (--templates train_vae; `esapr --help` lists them) "
                         "or a family (--model_code vae)")
-    fam = family(str(code))
+    fam = family(code)
     owner = owners(fam.code)
     for name in values:
         if name not in owner:
@@ -189,8 +197,9 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
                     evaluation=EvalOptions(**parts["evaluation"]),
                     training=TrainOptions(**parts["training"]) if fam.trained else None,
                     model=fam.options(**parts["model"]))
-    if config.run.experiment_name is None:
-        config.run.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else fam.code
+    if config.run.experiment_name is None:   # a pilot run never takes the real run's folder
+        name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else fam.code
+        config.run.experiment_name = name + ("_pilot" if config.run.pilot else "")
     if config.run.experiment_group is None:
         config.run.experiment_group = _data_group(config.data)
     validate(config)
@@ -315,6 +324,10 @@ def saved_config(saved: dict, **overrides) -> Config:
     read = owners(code)
     options = {name: value for name, value in saved.items() if name in read}
     options.update(overrides)
+    if "metric_ks" in overrides and "best_metric" in options:     # the run's own metric is always computed
+        _, k, _ = parse_metric(str(options["best_metric"]))
+        ks = coerce(EvalOptions, "metric_ks", overrides["metric_ks"])
+        options["metric_ks"] = ks + [k] if k and k not in ks else ks
     return build_config(overrides=options, apply_templates=False)
 
 

@@ -20,6 +20,7 @@ one line naming it and what to do. Nothing here deletes a finished run unless as
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -201,7 +202,12 @@ class Experiment:
         sequential copy."""
         import torch
         with tempfile.TemporaryFile() as local:
-            torch.save(state, local)
+            try:
+                torch.save(state, local)
+            except RuntimeError as error:       # torch's zip writer on a full disk: "unexpected pos ..."
+                folder = tempfile.gettempdir()
+                raise OSError(errno.ENOSPC, f"no space left in the temporary folder while writing a checkpoint "
+                                            f"({first_line(error)}; set TMPDIR to a folder with room)", folder) from None
             local.seek(0)
             atomic_write(path, lambda handle: shutil.copyfileobj(local, handle, 1 << 24))
 

@@ -10,6 +10,11 @@ from typing import Iterable, Iterator
 MODES = ("auto", "bar", "lines", "quiet")
 
 
+def seconds(value: float) -> str:
+    """A duration as people read it: 0.04 s, 3.2 s, 48 s, 1,250 s."""
+    return f"{value:.2g} s" if value < 1 else f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
+
+
 class Progress:
     def __init__(self, mode: str | bool = "auto", stream=None):
         self.stream = stream or sys.stderr

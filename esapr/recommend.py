@@ -125,8 +125,8 @@ class LoadedExperiment:
         Returns rank, item (original id), title (where the dataset has titles) and score."""
         if (user is None) == (history is None):
             raise UserError("recommend needs exactly one of user=ID or history=[item ids]")
-        if int(k) < 1:
-            raise UserError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UserError(f"k must be a whole number of at least 1, got {k!r}")
         seqs = self.data.sequences
         row = None
         if user is not None:

@@ -80,7 +80,7 @@ def raw_file(data: DataOptions) -> Path:
 def cache_dir(data: DataOptions, raw: Path) -> Path:
     """Keyed by the raw file's fingerprint and exactly the options that change the sequences."""
     label = f"file-{raw.stem}" if data.data_file else data.dataset_code
-    name = (f"{label}-{file_fingerprint(raw)}_min_rating{data.min_rating:g}-min_uc{data.min_uc}"
+    name = (f"{label}-{file_fingerprint(raw)}_min_rating{float(data.min_rating)!r}-min_uc{data.min_uc}"
             f"-min_sc{data.min_sc}-split{data.split}")
     return Path(data.local_data_folder) / "preprocessed" / name
 

@@ -122,13 +122,13 @@ def _diagnose(path: Path, spec: dict[str, str], sep: str, header: bool, fix: str
     shown = [n for n, k in spec.items() if k not in (EMPTY, SKIP)]
     shown_sep = sep * 2 if EMPTY in spec.values() else {"\t": "\\t", WHITESPACE: " "}.get(sep, sep)
     layout = shown_sep.join(shown)
-    first_line = 1 + int(header)
+    first_row = 1 + int(header)
     try:
         chunks = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
                              index_col=False, engine="c", skip_blank_lines=True, chunksize=_DIAGNOSE_CHUNK,
                              encoding=encoding)
         for number, chunk in enumerate(chunks):
-            base = first_line + number * _DIAGNOSE_CHUNK
+            base = first_row + number * _DIAGNOSE_CHUNK
             if chunk.shape[1] != len(names) and EMPTY in spec.values():
                 return _fail(path, f"line {base} is not {layout}", fix)
             if chunk.shape[1] < len(names):

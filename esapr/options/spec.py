@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any, get_args, get_origin, get_type_hints
@@ -49,6 +50,8 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 6, 60, 60
 ANY_NUMBER, AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(), Range(0), Range(1), Range(0, low_open=True)
 # sizes that allocate memory in proportion (or in square): far beyond any real dataset, low enough
 # that a mistyped value is refused here instead of by the memory allocator
@@ -106,6 +109,40 @@ def _parse_bool(name: str, value: Any) -> bool:
     raise UserError(f"option '{name}' expects true/false, got '{value}'")
 
 
+def _scalar(kind: type, name: str, value: Any):
+    """One value as ``kind``; integers stay exact (no trip through float) and are never truncated."""
+    if isinstance(value, (list, tuple, dict, set)) or (kind is not str and value is None):
+        raise ValueError
+    if kind is bool:
+        return _parse_bool(name, value)
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)            # "1e3" is a whole number; "1.5" is not
+            if not number.is_integer() or abs(number) >= 2**53:
+                raise
+            return int(number)
+    if kind is float:
+        return float(value)
+    return str(value)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value as a message shows it: quoted, one line, at most ``limit`` characters (a huge or
+    deeply nested value is never written out whole)."""
+    text = _REPR.repr(value) if not isinstance(value, str) else f"'{value[:limit]}'"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """A CLI string or YAML value as the type of ``cls``'s field ``name``, or a UserError."""
     hint = type_hints(cls)[name]
@@ -113,27 +150,23 @@ def coerce(cls: type, name: str, value: Any) -> Any:
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
         return None
     base = _base(hint)
+    listed = get_origin(base) is list
+    item_type = get_args(base)[0] if listed else base
     try:
-        if get_origin(base) is list:
-            item_type = get_args(base)[0]
+        if listed:
             items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-            result = [item_type(v) for v in items]
-        elif base is bool:
-            result = _parse_bool(name, value)
-        elif base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            result = int(float(value)) if isinstance(value, str) else int(value)
-        elif base is float:
-            result = float(value)
+            result = [_scalar(item_type, name, v) for v in items]
         else:
-            result = str(value)
+            if isinstance(value, (list, tuple, dict, set)):
+                raise ValueError
+            result = _scalar(base, name, value)
     except (TypeError, ValueError, OverflowError):
-        raise UserError(f"option '{name}' expects {getattr(base, '__name__', base)}, got '{value}'") from None
+        kind = f"a list of {item_type.__name__}" if listed else f"one {getattr(base, '__name__', base)}"
+        raise UserError(f"option '{name}' expects {kind}, got {short(value)}") from None
     choices = field_of(cls, name).metadata["choices"]
     if choices and result not in choices:
         raise UserError(f"option '{name}' must be one of {', '.join(map(str, choices))}, "
-                        f"got '{result}'{nearest(str(result), map(str, choices))}")
+                        f"got {short(result)}{nearest(str(result), map(str, choices))}")
     return result
 
 
@@ -150,7 +183,7 @@ def check_ranges(options) -> None:
             continue
         for item in value if isinstance(value, list) else [value]:
             if not valid.allows(item):
-                raise UserError(f"option '{f.name}' is {value!r}; allowed: {valid.describe()}")
+                raise UserError(f"option '{f.name}' is {short(value)}; allowed: {valid.describe()}")
 
 
 def require(ok: bool, option: str, value: Any, allowed: str) -> None:
