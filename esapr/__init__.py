@@ -22,7 +22,7 @@ _LAZY = {
     "plot_results_table": "esapr.results",
     "plot_curves": "esapr.results",
     "build_config": "esapr.config",
-    "compare": "esapr.compare",
+    "compare": "esapr.comparison",      # the package is named apart, so no import shadows the function
 }
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import importlib
-import json
 import signal
 import sys
 import warnings
@@ -61,9 +60,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "train templates x seeds, then a table with intervals and paired tests (reuses finished runs)",
             "esapr compare --templates train_vae train_sas ... [--seeds 0 1 2 3 4] [--jobs N] "
             "[--dry_run | --aggregate_only] [--option value ...]",
-            {"seeds": "seeds of the runs; each sets model_init_seed, dataloader_random_seed and "
-                      "train_negative_sampling_seed (default 0 1 2 3 4); a template written "
-                      "train_meantime:1 runs only the first 1 of them",
+            {"seeds": "seeds of the runs; each sets the seed options its template's family reads "
+                      "(model_init_seed, dataloader_random_seed, train_negative_sampling_seed; default 0 1 2 3 4); "
+                      "a template written train_meantime:1 runs only the first 1 of them",
              "jobs": "train this many runs at once, each with cores/N threads (default 1)",
              "dry_run": "print each run's esapr train command (to send to a scheduler); train nothing",
              "aggregate_only": "train nothing; aggregate the runs already in their folders",

@@ -1,4 +1,5 @@
-"""Notebook helpers: Google Drive, downloads, runtime checks, and the automatic resume decision.
+"""Notebook helpers: Google Drive, downloads, runtime checks, the project's folders, and the
+automatic resume decision.
 
 Everything Colab-specific is a no-op outside Colab that says so in one line, so the notebooks
 run top to bottom on any machine with local folders.
@@ -10,8 +11,7 @@ import sys
 from pathlib import Path
 
 from esapr.errors import UserError, first_line
-
-DRIVE_MOUNTPOINT = "/content/drive"
+from esapr.files import DRIVE_MOUNTPOINT
 
 
 def in_colab() -> bool:
@@ -75,6 +75,25 @@ def unmount_drive(mountpoint: str = DRIVE_MOUNTPOINT) -> None:
     print("Google Drive flushed and unmounted; the results are saved on Drive.")
 
 
+PROJECT_MARKERS = ("experiments", "Data", "setup.py")
+
+
+def project_root(start=None) -> Path:
+    """The folder README's commands and ESAPR.ipynb keep ``experiments/`` and ``Data/`` in: the
+    working folder or the nearest parent holding one of them (or setup.py), so a notebook run
+    from a clone's ``notebooks/`` finds the runs made at the clone's root. The home folder and
+    those above it are not searched (a ``~/Data`` of documents is no project); with no such
+    folder, the working folder."""
+    start = Path(start or Path.cwd()).resolve()
+    home = Path.home().resolve()
+    for folder in (start, *start.parents):
+        if folder != start and (folder == home or folder in home.parents):
+            break
+        if any((folder / name).exists() for name in PROJECT_MARKERS):
+            return folder
+    return start
+
+
 def offer_download(path) -> Path:
     """Start a browser download of ``path`` in Colab; elsewhere just say where the file is."""
     path = Path(path)
@@ -111,7 +130,7 @@ def plan_run(config, overwrite: bool = False):
 
     A folder holding a run with other options (another dataset file, another option value) is
     never shown or resumed as this one: a UserError names each option with both values."""
-    from esapr.compare import plan_run as _plan
+    from esapr.comparison import plan_run as _plan
 
     plan = _plan(config, overwrite, hint=NOTEBOOK_HINT)
     return {"reuse": "show"}.get(plan.action, plan.action), plan.config

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from esapr.cli import COMMANDS, SAVED_RUN_OPTIONS, parse_options
 from esapr.config import build_config, build_data_options, describe_options, given_options
 from esapr.errors import UserError
+from esapr.progress import seconds
 
 
 def format_metrics(metrics: dict, title: str) -> str:
@@ -60,8 +62,14 @@ def cmd_data(argv: list[str]) -> int:
     elif flags.get("json"):
         print(json.dumps(stats))
     else:
-        print(f"dataset   {options.data_file or options.dataset_code}  (cache {folder})")
+        print(f"dataset           {options.data_file or options.dataset_code}  (cache {folder})")
         for key, value in stats.items():
+            if isinstance(value, dict):
+                value = "  ".join(f"{name} {number:,.0f}" for name, number in value.items())
+            elif isinstance(value, float):
+                value = f"{value:.4g}"
+            else:
+                value = f"{value:,}"
             print(f"{key:<17} {value}")
     return 0
 
@@ -80,7 +88,7 @@ def cmd_train(argv: list[str]) -> int:
     results = train(config, progress="quiet" if flags.get("quiet") else "auto", given=given)
     print(format_metrics(results["test"], f"test metrics of {results['experiment']} "
                                           f"(best epoch {results['best_epoch']} of {results['epochs']}, "
-                                          f"{results['train_seconds']:.0f} s)"))
+                                          f"{seconds(results['train_seconds'])})"))
     return 0
 
 
@@ -106,7 +114,8 @@ def cmd_evaluate(argv: list[str]) -> int:
 
 def cmd_results(argv: list[str]) -> int:
     """esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]"""
-    from esapr.results import figure_format, format_table, plot_curves, plot_results_table, results_table
+    from esapr.figures import figure_format
+    from esapr.results import format_table, plot_curves, plot_results_table, results_table
 
     overrides, flags = parse_options(argv, extra=("root", "png", "split", "curves", "metrics", "digits"), allowed=())
     root = flags.get("root", "experiments")
@@ -158,4 +167,36 @@ def cmd_recommend(argv: list[str]) -> int:
         items = flags["items"] if isinstance(flags["items"], list) else str(flags["items"]).replace(",", " ").split()
         frame = experiment.recommend(history=items, k=k)
     print(frame.to_json(orient="records") if flags.get("json") else format_recommendations(frame))
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    """esapr compare --templates T ... [--seeds 0 1 2 3 4] [--jobs N] [--dry_run | --aggregate_only] ..."""
+    from esapr.comparison import DEFAULT_SEEDS, compare
+    overrides, flags = parse_options(argv, extra=("seeds", "jobs", "dry_run", "aggregate_only", "output", "metrics",
+                                                  "quiet"))
+    templates = overrides.pop("templates", None)
+    if not templates:
+        raise UserError("compare needs templates; usage: esapr compare --templates train_vae train_sas[:N] ... "
+                        "[--seeds 0 1 2 3 4] [--jobs N] [--dry_run | --aggregate_only] [--option value ...]")
+    seeds = flags.get("seeds", list(DEFAULT_SEEDS))
+    seeds = seeds.replace(",", " ").split() if isinstance(seeds, str) else seeds
+    metrics = flags.get("metrics")
+    metrics = metrics.replace(",", " ").split() if isinstance(metrics, str) else metrics
+    for name in ("dry_run", "aggregate_only", "quiet"):
+        if flags.get(name) not in (None, True):
+            raise UserError(f"--{name} is a flag; write it without a value")
+    quiet = bool(flags.get("quiet"))
+    result = compare(templates, seeds, jobs=flags.get("jobs", 1), dry_run=bool(flags.get("dry_run")),
+                     aggregate_only=bool(flags.get("aggregate_only")), output=flags.get("output"), metrics=metrics,
+                     progress="quiet" if quiet else "auto", say=(lambda *a: None) if quiet else print, **overrides)
+    if isinstance(result, list):
+        return 0
+    print(result.format(metrics))
+    print("\n" + "  ".join(f"{kind}: {path}" for kind, path in result.files.items()))
+    failed = [o for o in result.runs if o.state == "failed"]
+    if failed:
+        print(f"esapr: warning: {len(failed)} of {len(result.runs)} runs failed; they are left out of the table",
+              file=sys.stderr)
+        return 1
     return 0

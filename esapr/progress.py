@@ -10,9 +10,16 @@ from typing import Iterable, Iterator
 MODES = ("auto", "bar", "lines", "quiet")
 
 
-def seconds(value: float) -> str:
-    """A duration as people read it: 0.04 s, 3.2 s, 48 s, 1,250 s."""
-    return f"{value:.2g} s" if value < 1 else f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
+def seconds(value) -> str:
+    """A duration as people read it: 0.04 s, 3.2 s, 48 s, 12.5 min, 3.6 h ("?" when unknown)."""
+    if value is None or value != value:
+        return "?"
+    value = float(value)
+    if value < 10:
+        return f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
+    if value < 120:
+        return f"{value:.0f} s"
+    return f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h"
 
 
 class Progress:

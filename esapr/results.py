@@ -21,8 +21,10 @@ import pandas as pd
 
 from esapr.errors import UserError
 from esapr.experiment import Experiment
-from esapr.files import atomic_write
-from esapr.registry import FAMILIES
+from esapr.families import FAMILIES, model_label
+from esapr.figures import save_figure, table_canvas, text_lines, wrap
+from esapr.metrics import sort_key
+from esapr.progress import seconds
 
 VAE_PREFIX = "VAE"   # models whose label starts with this are "VAE variants" (bold in the figure)
 
@@ -32,7 +34,13 @@ _METRIC = re.compile(r"^(full_)?(NDCG|Recall)@(\d+)$|^(full_)?MRR$")
 # --- reading experiment folders ------------------------------------------------------------------
 def find_experiments(paths_or_root) -> list[Path]:
     """Experiment folders (holding config.json) given as folders themselves or found under roots."""
-    items = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
+    if isinstance(paths_or_root, (str, Path)):
+        items = [paths_or_root]
+    elif isinstance(paths_or_root, (list, tuple)) and all(isinstance(i, (str, Path)) for i in paths_or_root):
+        items = list(paths_or_root)
+    else:
+        raise UserError(f"expected an experiment folder, a folder of experiments or a list of them, got "
+                        f"{type(paths_or_root).__name__}")
     found: list[Path] = []
     for item in items:
         path = Path(item)
@@ -45,13 +53,6 @@ def find_experiments(paths_or_root) -> list[Path]:
         else:
             raise UserError(f"{path}: not an experiment folder or a folder of experiments")
     return list(dict.fromkeys(p.resolve() for p in found))
-
-
-def model_label(config: dict) -> str:
-    """The model's name in tables: the config's model_label (templates set VAE_tw, ...), else
-    the family's."""
-    code = config.get("model_code") or "?"
-    return config.get("model_label") or (FAMILIES[code].label if code in FAMILIES else code)
 
 
 def _model_rank(config: dict) -> int:
@@ -83,16 +84,6 @@ def _metrics_of(experiment: Experiment, results: dict, split: str) -> dict | Non
     return chosen[-1] if chosen else None
 
 
-def metric_sort_key(name: str) -> tuple:
-    """Sampled before full ranking; NDCG@k, Recall@k by k, then MRR; anything else last."""
-    match = _METRIC.match(name)
-    if not match:
-        return (2, 9, 0, name)
-    full = bool(match.group(1) or match.group(4))
-    family = match.group(2) or "MRR"
-    return (int(full), {"NDCG": 0, "Recall": 1, "MRR": 2}[family], int(match.group(3) or 0), name)
-
-
 def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: str = "test") -> pd.DataFrame:
     """One row per finished experiment, indexed by (dataset, model); one column per metric.
 
@@ -104,6 +95,8 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
     """
     if split not in ("test", "val"):
         raise UserError(f"split must be test or val, got '{split}'")
+    if isinstance(metrics, str):
+        metrics = metrics.replace(",", " ").split()
     records, paths, ranks, unreadable = [], [], [], []
     for path in find_experiments(paths_or_root):
         experiment = Experiment(path)
@@ -132,7 +125,7 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
         damaged = f"; unreadable: {unreadable[0]}" if unreadable else ""
         raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}{damaged}")
     index = _unique_labels([(d, m, p) for d, m, p, _ in records])
-    available = sorted({k for *_, row in records for k in row}, key=metric_sort_key)
+    available = sorted({k for *_, row in records for k in row}, key=sort_key)
     columns = list(metrics) if metrics is not None else available
     unknown = [m for m in columns if m not in available]
     if unknown:
@@ -201,49 +194,6 @@ def run_info(path) -> dict:
             "capped": bool(epochs is not None and limit is not None and 0 < limit <= int(epochs))}
 
 
-def format_seconds(seconds) -> str:
-    if seconds is None or pd.isna(seconds):
-        return "?"
-    seconds = float(seconds)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _table_canvas(width: float, height: float):
-    """A figure whose data coordinates are inches from the top-left corner."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height))
-    ax = fig.add_axes([0, 0, 1, 1])
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.axis("off")
-    return fig, ax
-
-
-def _wrap(text: str, width_in: float, fontsize: float) -> list[str]:
-    """Lines of ``text`` that fit ``width_in`` inches at ``fontsize`` (a conservative character width)."""
-    import textwrap
-    return textwrap.wrap(text, max(20, int(width_in * 72 / (fontsize * 0.6))))
-
-
-def figure_format(path) -> str:
-    """The file format a figure path asks for (its suffix), or a UserError naming the ones there are."""
-    from matplotlib.figure import Figure
-    kinds = Figure().canvas.get_supported_filetypes()
-    kind = Path(path).suffix.lstrip(".").lower()
-    if kind not in kinds:
-        raise UserError(f"{path}: a figure is saved as one of {', '.join(sorted(kinds))}; give the file such a suffix")
-    return kind
-
-
-def _save(fig, path, dpi: int) -> None:
-    if path is not None:
-        atomic_write(Path(path), lambda stream: fig.savefig(stream, format=figure_format(path), dpi=dpi))
-
-
 def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: str | None = None):
     """A table figure laid out like the original README's result image; saved as PNG at ``path``.
 
@@ -269,12 +219,12 @@ def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: s
                f"metric). '-': not computed by that run (its metric_ks). 'capped': the run stopped at num_epochs "
                f"before early stopping, so it may not have converged. For several seeds with intervals and "
                f"paired tests use esapr compare.")
-    caption_lines = _wrap(caption, width - 2 * pad, 7.5)
-    title_lines = _wrap(title, width - 2 * pad, 11) if title else []
+    caption_lines = wrap(caption, width - 2 * pad, 7.5)
+    title_lines = wrap(title, width - 2 * pad, 11) if title else []
     n_info = 2 if infos else 0
     height = (pad + 0.3 * len(title_lines) + row_h * (1 + len(metrics) + n_info) + header_h + 0.1
               + 0.16 * len(caption_lines) + pad)
-    fig, ax = _table_canvas(width, height)
+    fig, ax = table_canvas(width, height)
     x0 = pad + label_w
     y = pad
     for line in title_lines:
@@ -324,15 +274,15 @@ def plot_results_table(frame: pd.DataFrame, path=None, digits: int = 4, title: s
                     text += " pilot" if info.get("pilot") else " capped" if info.get("capped") else ""
                     color = "tab:red" if info.get("pilot") or info.get("capped") else "0.25"
                 else:
-                    text = f"{format_seconds(info.get('train_seconds'))}, {info.get('device') or '?'}"
+                    text = f"{seconds(info.get('train_seconds'))}, {info.get('device') or '?'}"
                     color = "0.25"
                 ax.text(x0 + cell_w * (j + 0.5), y + row_h / 2, text, ha="center", va="center", fontsize=7.5,
                         color=color, gid=f"info|{key}|{dataset}|{model}")
             y += row_h
     ax.plot([pad, right], [y, y], color="black", lw=1.0)
     y += 0.1
-    _text_lines(ax, pad, y, caption_lines, "0.3", "caption")
-    _save(fig, path, 150)
+    text_lines(ax, pad, y, caption_lines, "0.3", "caption")
+    save_figure(fig, path, 150)
     return fig
 
 
@@ -361,9 +311,12 @@ def plot_curves(path, png=None, metric: str | None = None):
     full = f"full_{metric}"
     if full in val.columns and val[full].notna().any():
         top.plot(val["epoch"], val[full], color="tab:cyan", lw=1.0, ls="--", label=f"val {full}")
+    # a closed-form model's rows are the settings of its grid (their values in the other columns)
+    settings = [c for c in val.columns if c != "epoch" and sort_key(c)[0] == 2]
+    step = "setting" if settings else "epoch"
     best = val.loc[val[metric].idxmax()]
     top.plot([best["epoch"]], [best[metric]], marker="*", color="tab:red", ms=12, ls="none",
-             label=f"best {best[metric]:.4f} @ epoch {int(best['epoch'])}")
+             label=f"best {best[metric]:.4f} @ {step} {int(best['epoch'])}")
     # a closed-form model has no loss: its epochs are the settings it fitted, each in some seconds
     lower, lower_label = ("loss", "train loss") if "loss" in train.columns else ("seconds", "fit seconds")
     bottom.plot(train["epoch"], train[lower], color="tab:orange", lw=1.4, label=lower_label)
@@ -382,13 +335,17 @@ def plot_curves(path, png=None, metric: str | None = None):
                              ha="center", va="bottom")
     top.set_ylabel(metric)
     bottom.set_ylabel(lower)
-    bottom.set_xlabel("epoch")
+    bottom.set_xlabel(step)
+    if settings:
+        bottom.set_xticks(val["epoch"], ["\n".join(f"{c.split('_')[-1]}={row[c]:g}" for c in settings)
+                                         for _, row in val.iterrows()], fontsize=7)
     top.legend(loc="best", fontsize=8)
     bottom.legend(loc="upper right", fontsize=8)
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
-    from matplotlib.ticker import MaxNLocator
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
+    if not settings:
+        from matplotlib.ticker import MaxNLocator
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     results = experiment.read_results() or {}
     stages_note = "; dotted lines: transfer stages (recover_len r)" if stage_changes else ""
     info = run_info(path)
@@ -397,7 +354,7 @@ def plot_curves(path, png=None, metric: str | None = None):
     fig.suptitle(f"{model_label(config)} on {_dataset_label(config, results)}  ({path.name}){stages_note}{status}",
                  fontsize=10)
     fig.tight_layout()
-    _save(fig, png, 120)
+    save_figure(fig, png, 120)
     return fig
 
 
@@ -446,134 +403,8 @@ def plot_rank_distribution(path, png=None, k: int = 10):
                        fontsize=9)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, png, 120)
+    save_figure(fig, png, 120)
     return fig
-
-
-def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, digits: int = 4):
-    """The figure of an ``esapr compare`` table: one column per model; the full-ranking block
-    first, then the sampled block, each cell the mean ± std over seeds with the 95 % bootstrap
-    interval under it; the best model per metric bold on green, models not significantly worse
-    than it on pale green; then each model's seeds, epochs (best), training time and device
-    (capped runs in red); a caption saying how to read it, and the runs left out.
-
-    Artists carry gids: ``cell|<protocol>|<model>|<metric>`` (the mean text), ``shade|...``
-    (the background of a best or tied cell), ``info|<row>|<model>``, ``caption``, ``left_out``."""
-    from matplotlib.patches import Rectangle
-
-    from esapr.compare import ALPHA, DISPLAY_METRICS
-
-    table, models = comparison.table, comparison.models
-    available = list(dict.fromkeys(table["metric"]))
-    metrics = [m for m in (metrics or DISPLAY_METRICS) if m in available] or available[:4]
-    labels = list(models["model"])
-    label_w, cell_w, pad = 1.9, 1.55, 0.15
-    width = max(pad * 2 + label_w + cell_w * len(labels), 7.0)
-    cell_w = min(2.2, (width - 2 * pad - label_w) / len(labels))   # a few models: wider cells
-    inner = width - 2 * pad
-    seeds = " ".join(map(str, comparison.settings.get("seeds", [])))
-    title = (f"{comparison.dataset}: {comparison.n_users} test users" + (f", seeds {seeds}" if seeds else "")
-             + "; mean ± std over seeds, [95% interval]"
-             + ("; PILOT runs (one batch per epoch): a smoke test, not results" if comparison.settings.get("pilot")
-                else ""))
-    title_lines = _wrap(title, inner, 10.5)
-    caption = (f"Each cell: mean over seeds ± standard deviation between seeds; below, the 95% interval of a "
-               f"bootstrap over test users and seeds. Bold on green: the best model for that metric; pale green: "
-               f"not significantly worse than it (two-sided Wilcoxon signed-rank test on per-user values averaged "
-               f"over seeds, Holm-corrected across models, p >= {ALPHA}); white: significantly worse. "
-               f"All runs rank the same candidates for the same test users. 'capped' (red): runs that reached "
-               f"num_epochs before early stopping, so they may not have converged.")
-    caption_lines = _wrap(caption, inner, 7.5)
-    left = comparison.left_out_lines()
-    left_lines = _wrap("Left out (not finished runs): " + "; ".join(left), inner, 7.5) if left else []
-    head_h, block_h, row_h, info_h, line_h = 0.5, 0.34, 0.5, 0.27, 0.16
-    info_rows = ("seeds", "epochs (best)", "training time per run", "device")
-    blocks = list(comparison.protocols)
-    height = (pad + 0.28 * len(title_lines) + head_h + len(blocks) * (block_h + row_h * len(metrics))
-              + block_h + info_h * len(info_rows) + 0.12 + line_h * (len(caption_lines) + len(left_lines)) + pad)
-    fig, ax = _table_canvas(width, height)
-    x0 = pad + label_w
-    right = x0 + cell_w * len(labels)
-    y = pad
-    for line in title_lines:
-        ax.text(pad, y + 0.14, line, ha="left", va="center", fontsize=10.5, gid="title")
-        y += 0.28
-    capped = dict(zip(models["model"], models["capped"]))
-    for j, row in enumerate(models.itertuples()):
-        x = x0 + cell_w * (j + 0.5)
-        ax.text(x, y + 0.17, str(row.model), ha="center", va="center", fontsize=9.5, fontweight="bold")
-        ax.text(x, y + 0.37, str(row.template), ha="center", va="center", fontsize=7, color="0.35")
-    y += head_h
-    ax.plot([pad, right], [y, y], color="black", lw=1.0)
-    for protocol in blocks:
-        ax.text(pad + 0.03, y + block_h / 2 + 0.02, comparison.protocols[protocol], ha="left", va="center",
-                fontsize=9, fontweight="bold", color="0.15", gid=f"block|{protocol}")
-        y += block_h
-        block = table[table["protocol"] == protocol]
-        for metric in metrics:
-            ax.text(pad + 0.12, y + row_h / 2, metric, ha="left", va="center", fontsize=9)
-            for j, model in enumerate(labels):
-                cell = block[(block["metric"] == metric) & (block["model"] == model)]
-                if cell.empty:
-                    continue
-                cell = cell.iloc[0]
-                x = x0 + cell_w * j
-                if cell["mark"] in ("best", "tied"):
-                    ax.add_patch(Rectangle((x + 0.03, y + 0.03), cell_w - 0.06, row_h - 0.06, lw=0,
-                                           facecolor="#b9e4b9" if cell["mark"] == "best" else "#e6f5e6",
-                                           gid=f"shade|{protocol}|{model}|{metric}"))
-                std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.{digits}f}"
-                ax.text(x + cell_w / 2, y + 0.18, f"{cell['mean']:.{digits}f}{std}", ha="center", va="center",
-                        fontsize=9, fontweight="bold" if cell["mark"] == "best" else "normal",
-                        gid=f"cell|{protocol}|{model}|{metric}")
-                ax.text(x + cell_w / 2, y + 0.37, f"[{cell['ci_low']:.{digits}f}, {cell['ci_high']:.{digits}f}]",
-                        ha="center", va="center", fontsize=7, color="0.3", gid=f"ci|{protocol}|{model}|{metric}")
-            y += row_h
-        ax.plot([pad, right], [y, y], color="0.5", lw=0.7)
-    ax.text(pad + 0.03, y + block_h / 2 + 0.02, "Training", ha="left", va="center", fontsize=9, fontweight="bold",
-            color="0.15")
-    y += block_h
-    for name in info_rows:
-        ax.text(pad + 0.12, y + info_h / 2, name, ha="left", va="center", fontsize=8.5, color="0.2")
-        for j, row in enumerate(models.itertuples()):
-            color = "0.2"
-            if name == "seeds":
-                text = f"{row.seeds}: {row.seed_list}"
-            elif name == "epochs (best)":
-                text = f"{_span(row.epoch_list)} ({_span(row.best_epoch_list)})"
-                if capped[row.model]:
-                    text += f", capped {capped[row.model]}/{row.seeds}"
-                    color = "tab:red"
-            elif name == "training time per run":
-                text = format_seconds(row.train_seconds)
-            else:
-                text = str(row.device)
-            ax.text(x0 + cell_w * (j + 0.5), y + info_h / 2, text, ha="center", va="center", fontsize=8,
-                    color=color, gid=f"info|{name}|{row.model}")
-        y += info_h
-    ax.plot([pad, right], [y, y], color="black", lw=1.0)
-    y += 0.12
-    y = _text_lines(ax, pad, y, caption_lines, "0.3", "caption", line_h)
-    _text_lines(ax, pad, y, left_lines, "tab:red", "left_out", line_h)
-    _save(fig, png, 150)
-    return fig
-
-
-def _text_lines(ax, x: float, y: float, lines: list[str], color: str, gid: str, line_h: float = 0.16) -> float:
-    """Small left-aligned lines (a caption) from ``y`` down; returns the ``y`` below them."""
-    for line in lines:
-        ax.text(x, y + line_h / 2, line, ha="left", va="center", fontsize=7.5, color=color, gid=gid)
-        y += line_h
-    return y
-
-
-def _span(values: str) -> str:
-    """'3 3 3' -> '3'; '31 40 35' -> '31-40' (the range over seeds)."""
-    numbers = [int(float(v)) for v in str(values).split() if v not in ("None", "nan")]
-    if not numbers:
-        return "?"
-    low, high = min(numbers), max(numbers)
-    return str(low) if low == high else f"{low}-{high}"
 
 
 def plot_compare_curves(comparison, png=None, metric: str = "NDCG@10"):
@@ -614,45 +445,8 @@ def plot_compare_curves(comparison, png=None, metric: str = "NDCG@10"):
     fig.suptitle(f"{comparison.dataset}: validation {metric} per epoch (star: the epoch whose weights were tested)",
                  fontsize=10)
     fig.tight_layout()
-    _save(fig, png, 120)
+    save_figure(fig, png, 120)
     return fig
 
 
 # --- CLI -----------------------------------------------------------------------------------------
-def cmd_results(argv: list[str]) -> int:
-    """esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] [--metrics M ...]"""
-    from esapr.cli import parse_options
-
-    overrides, flags = parse_options(argv, extra=("root", "png", "split", "curves", "metrics", "digits"))
-    if overrides:
-        raise UserError("usage: esapr results [--root ROOT ...] [--png FILE] [--split test|val] [--curves DIR] "
-                        "[--metrics NDCG@10 Recall@10 ...] [--digits 4]")
-    root = flags.get("root", "experiments")
-    roots = root if isinstance(root, list) else [root]
-    metrics = flags.get("metrics")
-    if isinstance(metrics, str):
-        metrics = metrics.replace(",", " ").split()
-    try:
-        digits = int(flags.get("digits", 4))
-    except (TypeError, ValueError):
-        raise UserError(f"--digits expects a whole number, got '{flags['digits']}'") from None
-    if not 0 <= digits <= 12:
-        raise UserError(f"--digits is {digits}; give 0 to 12 decimals")
-    if flags.get("png"):
-        figure_format(flags["png"])
-    if "root" not in flags and not Path(root).is_dir():
-        raise UserError("no ./experiments folder here (esapr results reads it by default); pass --root FOLDER")
-    frame = results_table(roots, metrics=metrics, split=flags.get("split", "test"))
-    print(format_table(frame, digits))
-    for problem in frame.attrs["unreadable"]:
-        print(f"left out, unreadable: {problem}")
-    if flags.get("png"):
-        plot_results_table(frame, flags["png"], digits=digits)
-        print(f"table figure: {flags['png']}")
-    if flags.get("curves"):
-        folder = Path(flags["curves"])
-        for (dataset, model), path in zip(frame.index, frame.attrs["paths"]):
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}_{model}")
-            plot_curves(path, folder / f"curves_{name}.png")
-        print(f"learning curves: {folder}/curves_*.png")
-    return 0

@@ -1,5 +1,7 @@
 """esapr compare: statistics on hand-made per-user tables with known answers, the paired test
-against scipy, the runner's reuse / resume / extension, stale-run refusals, the CLI and the figure."""
+against scipy, the runner's reuse / resume / extension, stale-run refusals, options that apply to
+the templates that read them, metrics computed from saved ranks, the CLI and the figure."""
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -11,29 +13,28 @@ import pytest
 from scipy.stats import wilcoxon
 
 import esapr
-from esapr import compare as compare_module
 from esapr.cli import main
 from esapr.colab import plan_run as notebook_plan
-from esapr.compare import (Comparison, RunOutcome, aggregate, bootstrap_interval, compare, compare_models, holm,
-                           metric_values, paired_p_value, plan_run, plan_runs, protocol_label)
+from esapr.comparison import (Comparison, RunOutcome, aggregate, bootstrap_interval, compare, compare_models, holm,
+                              paired_p_value, plan_run, plan_runs, plot_comparison, pool, protocol_label)
 from esapr.config import build_config
 from esapr.errors import UserError
 from esapr.experiment import Experiment
-from esapr.results import plot_comparison
+from esapr.metrics import per_user
+from tests.conftest import tiny as tiny_options
 from tests.synthetic import write_ratings_csv
-from tests.test_notebooks import TINY
 
 matplotlib.use("Agg")
 
 
 # --- statistics: hand-made tables -------------------------------------------------------------------
-def test_metric_values_follow_the_trainer_definitions():
+def test_per_user_values_follow_the_trainer_definitions():
     ranks = np.array([0, 1, 4, 9, 10, 50])
-    assert np.allclose(metric_values(ranks, "NDCG@10"), [1, 1 / np.log2(3), 1 / np.log2(6), 1 / np.log2(11), 0, 0])
-    assert list(metric_values(ranks, "Recall@5")) == [1, 1, 1, 0, 0, 0]
-    assert np.allclose(metric_values(ranks, "MRR"), 1 / (ranks + 1))
+    assert np.allclose(per_user(ranks, "NDCG@10"), [1, 1 / np.log2(3), 1 / np.log2(6), 1 / np.log2(11), 0, 0])
+    assert list(per_user(ranks, "Recall@5")) == [1, 1, 1, 0, 0, 0]
+    assert np.allclose(per_user(ranks, "MRR"), 1 / (ranks + 1))
     with pytest.raises(UserError, match="unknown metric"):
-        metric_values(ranks, "HR@x")
+        per_user(ranks, "HR@x")
 
 
 def test_bootstrap_interval_known_answers():
@@ -103,10 +104,10 @@ def fake_run(root: Path, template: str, seed: int, ranks, full_ranks, epochs=3, 
     """An experiment folder without training: config, results, status and per-user ranks."""
     config = build_config([template], {"experiment_root": str(root), "experiment_group": "g", "num_epochs": num_epochs,
                                        "experiment_name": f"{template}_seed{seed}"})
-    experiment = Experiment(root / "g" / config.experiment_name)
+    experiment = Experiment(root / "g" / config.run.experiment_name)
     experiment.start(config, {"n_users": len(ranks)})
     users = np.arange(1, len(ranks) + 1) if users is None else users
-    experiment.write_ranks(users, np.asarray(ranks), np.asarray(full_ranks))
+    experiment.write_ranks("test", users, np.asarray(ranks), np.asarray(full_ranks))
     results = {"test": {"NDCG@10": 0.0}, "epochs": epochs, "best_epoch": epochs - 1, "train_seconds": 10.0 * seed + 5,
                "device": "cpu", "dataset": "hand"}
     experiment.write_results(results)
@@ -161,20 +162,29 @@ def test_protocol_labels_name_the_sampling():
 
 
 # --- the runner on tiny data -----------------------------------------------------------------------------
+def options_of(data: Path, *templates: str, **extra) -> dict:
+    """The tiny presets of the templates' families on ``data``, 2 epochs (capped, not stopped)."""
+    merged = {}
+    for template in templates:
+        merged.update(tiny_options(template, data))
+    return {**merged, "num_epochs": 2, "saturation_wait_epochs": 10, **extra}
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A folder and the VAE_net options on its ratings file."""
     base = tmp_path_factory.mktemp("compare")
     data = write_ratings_csv(base / "ratings.csv", n_users=60, n_items=40)
-    options = {**TINY, "data_file": str(data), "local_data_folder": str(base / "data"), "device": "cpu",
-               "num_epochs": 2, "train_negative_sample_size": 10, "saturation_wait_epochs": 10}   # capped, not stopped
-    return base, options
+    return base, options_of(data, "train_vae_net")
 
 
 @pytest.fixture(scope="module")
 def trained(tiny):
-    """Two templates x two seeds, trained once for the tests below (copy the root to change it)."""
-    base, options = tiny
+    """Two templates x two seeds, trained once for the tests below (copy the root to change it);
+    ``options``: VAE_net's and SASRec's."""
+    base, _ = tiny
     root = base / "root"
+    options = options_of(base / "ratings.csv", "train_vae_net", "train_sas")
     result = compare(["train_vae_net", "train_sas"], seeds=[0, 1], experiment_root=str(root), progress="quiet",
                      say=lambda *a: None, **options)
     return root, options, result
@@ -188,12 +198,18 @@ def test_compare_trains_each_template_and_seed_into_its_folder(trained):
     for outcome in result.runs:
         saved = Experiment(outcome.path).read_config()
         assert outcome.path.parent == root / "ratings"
-        # one seed sets every training seed; the evaluation negatives stay fixed; one set of metric_ks
-        assert {saved[k] for k in ("model_init_seed", "dataloader_random_seed", "train_negative_sampling_seed")} == \
-            {outcome.seed}
-        assert saved["test_negative_sampling_seed"] == 98765 and saved["metric_ks"] == [1, 5, 10, 20, 50, 100]
+        # one seed sets every seed the family reads (VAE_net has no training negatives); the evaluation
+        # negatives stay fixed; each run keeps its template's metric_ks
+        seeds = ("model_init_seed", "dataloader_random_seed") + ("train_negative_sampling_seed",) * \
+            (outcome.template == "train_sas")
+        assert {saved[k] for k in seeds} == {outcome.seed} and set(seeds) <= set(saved)
+        assert ("train_negative_sampling_seed" in saved) == (outcome.template == "train_sas")
+        assert saved["test_negative_sampling_seed"] == 98765
+        assert saved["metric_ks"] == ([1, 5, 10, 20, 50, 100] if outcome.template == "train_vae_net"
+                                      else [1, 5, 10, 20, 50])
         assert outcome.capped     # 2 epochs, no early stop
-    # the table's means are the runs' own test metrics (paired per-user values reproduce them)
+    # the table's means are the runs' own test metrics (paired per-user values reproduce them); SASRec's
+    # Recall@100, which its template does not ask for, computed from its ranks and added to results.json
     table = result.table.set_index(["protocol", "metric", "model"]).sort_index()
     for protocol, prefix in (("sampled", ""), ("full", "full_")):
         for metric in ("NDCG@10", "Recall@100", "MRR"):
@@ -219,8 +235,64 @@ def test_second_compare_reuses_every_run(trained):
     assert before == {p: p.stat().st_mtime_ns for p in root.rglob("best_model.pth")}
 
 
-def test_compare_resumes_unfinished_and_extends_a_raised_epoch_limit(trained, tmp_path):
+def test_more_metric_ks_reuse_every_run_and_are_computed_from_the_ranks(trained, tmp_path):
     root, options, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    result = compare(["train_vae_net", "train_sas"], seeds=[0, 1], experiment_root=str(copy), progress="quiet",
+                     say=lambda *a: None, **{**options, "metric_ks": [1, 3, 5, 10, 20, 30, 50, 100]})
+    assert [o.action for o in result.runs] == ["reused"] * 4
+    table = result.table.set_index(["protocol", "metric", "model"])
+    for protocol, column, prefix in (("sampled", "rank", ""), ("full", "full_rank", "full_")):
+        for model, runs in (("VAE_net", result.runs[:2]), ("SASRec", result.runs[2:])):
+            experiments = [Experiment(o.path) for o in runs]
+            from_ranks = [per_user(e.read_ranks()[column].to_numpy(), "Recall@30").mean() for e in experiments]
+            assert table.loc[(protocol, "Recall@30", model), "mean"] == pytest.approx(np.mean(from_ranks))
+            # each run's results.json gained the new metrics; its options are as they were
+            assert [e.read_results()["test"][prefix + "NDCG@3"] for e in experiments] == \
+                [o.results["test"][prefix + "NDCG@3"] for o in runs]
+            assert all(3 not in e.read_config()["metric_ks"] for e in experiments)
+    saved = json.loads(result.files["json"].read_text())
+    assert "full_Recall@30" in saved["runs"][0]["test"]
+
+
+def test_an_option_applies_to_the_templates_whose_family_reads_it(tiny, tmp_path):
+    """EASE (closed form) beside VAE_net with lr, dropout and num_epochs: EASE's finished runs are
+    reused (it reads none of them), VAE_net's are trained with them; an option no template reads
+    is refused."""
+    base, _ = tiny
+    data, root = base / "ratings.csv", str(tmp_path / "root")
+    quiet = {"progress": "quiet", "say": lambda *a: None, "experiment_root": root}
+    first = compare(["train_ease"], seeds=[0, 1], **quiet, **tiny_options("train_ease", data))
+    assert [o.action for o in first.runs] == ["trained", "trained"]
+    # a run saved by an earlier version recorded the grid as epochs: still reused, not extended
+    config_file = Experiment(first.runs[0].path).config_file
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "num_epochs": 2, "lr": 0.001}))
+    options = options_of(data, "train_ease", "train_vae_net", lr=0.002, dropout=0.3)
+    result = compare(["train_ease", "train_vae_net"], seeds=[0, 1], **quiet, **options)
+    assert [(o.template, o.action, o.state) for o in result.runs] == [
+        ("train_ease", "reused", "finished"), ("train_ease", "reused", "finished"),
+        ("train_vae_net", "trained", "finished"), ("train_vae_net", "trained", "finished")]
+    ease = Experiment(result.runs[1].path).read_config()
+    assert not {"lr", "dropout", "num_epochs", "model_init_seed"} & set(ease)
+    vae = Experiment(result.runs[2].path).read_config()
+    assert (vae["lr"], vae["dropout"], vae["num_epochs"]) == (0.002, 0.3, 2)
+    assert list(result.models["model"]) == ["EASE", "VAE_net"]
+    runs = plan_runs(["train_ease", "train_vae_net"], [0], {**options, "experiment_root": root})
+    assert "--lr" not in runs[0].command() and "--lr" in runs[1].command()
+    # an option that no template reads: refused in one line, nothing written
+    with pytest.raises(UserError) as error:
+        compare(["train_ease", "train_vae_net"], seeds=[0], **quiet, **{**options, "hidden_units": 8},
+                experiment_group="elsewhere")
+    message = str(error.value)
+    assert message.startswith("option 'hidden_units' is read by none of the templates train_ease, train_vae_net "
+                              "(read by ") and "\n" not in message
+    assert not (tmp_path / "root" / "elsewhere").exists()
+
+
+def test_compare_resumes_unfinished_and_extends_a_raised_epoch_limit(trained, tiny, tmp_path):
+    root, _, _ = trained
+    _, options = tiny
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
     folder = copy / "ratings" / "vae_net_seed1"
@@ -242,8 +314,8 @@ def test_compare_resumes_unfinished_and_extends_a_raised_epoch_limit(trained, tm
 
 
 def test_stale_runs_are_refused_with_both_values(trained, tiny, tmp_path):
-    root, options, _ = trained
-    base, _ = tiny
+    root, _, _ = trained
+    base, options = tiny
     config = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root)})[0].config
     assert plan_run(config).action == "reuse"
     # another option
@@ -271,7 +343,7 @@ def test_stale_runs_are_refused_with_both_values(trained, tiny, tmp_path):
         notebook_plan(changed)
     higher = plan_runs(["train_vae_net"], [0], {**options, "experiment_root": str(root), "num_epochs": 4})[0].config
     action, planned = notebook_plan(higher)
-    assert action == "extend" and planned.resume and planned.num_epochs == 4
+    assert action == "extend" and planned.run.resume and planned.num_epochs == 4
     assert notebook_plan(config) == ("show", config)
 
 
@@ -299,11 +371,11 @@ def test_a_run_extended_by_hand_is_judged_by_its_epochs(tmp_path):
         plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 12}))
     (outcome.path / "models" / "recent_checkpoint.pth").write_bytes(b"x")
     plan = plan_run(build_config(["train_vae"], {**_options(config), "num_epochs": 12}))
-    assert plan.action == "extend" and plan.config.resume and plan.config.num_epochs == 12
+    assert plan.action == "extend" and plan.config.run.resume and plan.config.num_epochs == 12
 
 
 def _options(config):
-    return {k: getattr(config, k) for k in ("experiment_root", "experiment_group", "experiment_name")}
+    return {k: getattr(config.run, k) for k in ("experiment_root", "experiment_group", "experiment_name")}
 
 
 def test_a_failed_run_is_left_out_and_listed(trained, tmp_path, monkeypatch):
@@ -342,8 +414,8 @@ def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tin
     lines = capsys.readouterr().out.splitlines()
     assert not root.exists()                                 # a dry run writes nothing
     assert len(lines) == 3 and lines[0].startswith("esapr train --templates train_vae_net ")
-    assert "--experiment_name vae_net_seed3 --model_init_seed 3 --dataloader_random_seed 3 " \
-           "--train_negative_sampling_seed 3" in lines[0]
+    assert "--experiment_name vae_net_seed3 --model_init_seed 3 --dataloader_random_seed 3" in lines[0]
+    assert "--train_negative_sampling_seed" not in lines[0]        # VAE_net draws no training negatives
     assert lines[2].startswith("# afterwards: esapr compare --templates train_vae_net --seeds 3 4 ")
     assert lines[2].endswith("--aggregate_only")
     # a scheduler runs the first command; aggregating lists the other as not trained yet
@@ -362,16 +434,21 @@ def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tin
 
 def test_a_template_can_run_only_the_first_seeds(tiny, tmp_path):
     """``train_sas:1`` beside a template of all seeds: a slow model over fewer seeds, same options."""
-    base, options = tiny
+    base, _ = tiny
+    options = options_of(base / "ratings.csv", "train_vae_net", "train_sas")
     runs = plan_runs(["train_vae_net", "train_sas:1"], [3, 4, 5], {**options, "experiment_root": str(tmp_path)})
     assert [(r.template, r.seed, r.name) for r in runs] == [
         ("train_vae_net", 3, "vae_net_seed3"), ("train_vae_net", 4, "vae_net_seed4"), ("train_vae_net", 5, "vae_net_seed5"),
         ("train_sas", 3, "sas_seed3")]
     assert runs[3].command()[:4] == ["esapr", "train", "--templates", "train_sas"]
-    assert runs[0].config.metric_ks == runs[3].config.metric_ks          # still one set of metric_ks
-    alone = plan_runs(["train_sas"], [3], {**options, "experiment_root": str(tmp_path),
-                                            "metric_ks": runs[3].config.metric_ks})
+    assert "--encode_len" in runs[0].command() and "--encode_len" not in runs[3].command()   # what each reads
+    alone = plan_runs(["train_sas"], [3], {**options_of(base / "ratings.csv", "train_sas"),
+                                            "experiment_root": str(tmp_path)})
     assert alone[0].config == runs[3].config          # the same run a separate compare of it would train
+    # a pilot's runs have folders of their own, named once whether the template names its runs or not
+    (tmp_path / "mine.yaml").write_text("model_code: ease\n")
+    pilots = plan_runs(["train_ease", str(tmp_path / "mine.yaml")], [3], {"pilot": True, "data_file": "r.csv"})
+    assert [r.name for r in pilots] == ["ease_seed3_pilot", "mine_seed3_pilot"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -386,7 +463,9 @@ def test_a_template_can_run_only_the_first_seeds(tiny, tmp_path):
                                                           "many of the 2 seeds train_vae runs; allowed: 1 to 2"),
     (["--templates", "train_vae:0"], "allowed: 1 to 5"),
     (["--templates", "train_vae", "train_vae:1"], "a template is named twice"),
-    (["--templates", "train_vae", "--lrr", "1"], "unknown option 'lrr' (did you mean 'lr'?)"),
+    (["--templates", "train_vae", "--lrr", "1"], "unknown option '--lrr' (did you mean 'lr'?)"),
+    (["--templates", "train_ease", "train_slist", "--lr", "0.01"],
+     "option 'lr' is read by none of the templates train_ease, train_slist (read by "),
 ])
 def test_cli_compare_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -405,8 +484,15 @@ def test_cli_help_lists_compare(capsys):
 
 
 def test_esapr_compare_is_callable_from_the_package():
-    assert callable(esapr.compare) and callable(compare_module)
+    assert callable(esapr.compare)
     assert "compare" in esapr.__all__
+
+
+def test_esapr_compare_stays_the_function_after_importing_the_package():
+    import esapr.comparison
+    assert inspect.isfunction(esapr.compare) and esapr.compare is esapr.comparison.compare
+    from esapr import compare as imported
+    assert imported is esapr.comparison.compare
 
 
 # --- the figure --------------------------------------------------------------------------------------------
@@ -471,10 +557,10 @@ def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, m
             self.returncode = 2
             return 2
 
-    monkeypatch.setattr(compare_module.subprocess, "Popen", FakeProcess)
-    monkeypatch.setattr(compare_module.os, "cpu_count", lambda: 8)
-    outcomes = compare_module.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, log_folder=tmp_path / "logs",
-                                      say=lambda *a: None)
+    monkeypatch.setattr(pool.subprocess, "Popen", FakeProcess)
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 8)
+    outcomes = pool.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, log_folder=tmp_path / "logs",
+                            say=lambda *a: None)
     assert [threads for _, threads in started] == ["4", "4", "4"]
     assert started[0][0][1:4] == ["-m", "esapr", "train"] and "--experiment_name" in started[0][0]
     assert [(o.state, o.note) for o in outcomes] == [("failed", "exit 2: esapr: error: simulated")] * 3

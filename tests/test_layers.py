@@ -19,7 +19,7 @@ LAYERS = [
     ("models", ["models"]),
     ("storage", ["experiment"]),
     ("training", ["training"]),
-    ("analysis", ["comparison", "results"]),
+    ("analysis", ["figures", "comparison", "results"]),
     ("apps", ["recommend", "colab"]),
     ("face", ["cli", "commands", "__init__", "__main__"]),
 ]

@@ -64,6 +64,10 @@ def ensure_raw(source: DatasetSource, local_data_folder: Path, url: str | None =
     broken, valid = _inspect_leftovers(folder, source)
     if target.is_file() and not broken:
         return target
+    nested = folder / source.code / source.raw_file      # an archive unpacked once more into its own folder
+    if not target.exists() and nested.is_file() and not broken and not valid:
+        print(f"esapr: using {nested} (found one folder further down than {target})", file=sys.stderr)
+        return nested
     notes = _describe(broken, target)
     if valid:                               # an archive placed by hand: unpack it, no download
         _unpack(valid[0], source, folder)

@@ -80,9 +80,30 @@ def raw_file(data: DataOptions) -> Path:
 def cache_dir(data: DataOptions, raw: Path) -> Path:
     """Keyed by the raw file's fingerprint and exactly the options that change the sequences."""
     label = f"file-{raw.stem}" if data.data_file else data.dataset_code
-    name = (f"{label}-{file_fingerprint(raw)}_min_rating{float(data.min_rating)!r}-min_uc{data.min_uc}"
+    unit = "" if data.timestamp_unit == "auto" else f"-time_{data.timestamp_unit}"
+    name = (f"{label}-{file_fingerprint(raw)}{unit}_min_rating{float(data.min_rating)!r}-min_uc{data.min_uc}"
             f"-min_sc{data.min_sc}-split{data.split}")
     return Path(data.local_data_folder) / "preprocessed" / name
+
+
+# per unit: seconds in one, and the largest value that unit gives before the year 5000
+UNITS = {"s": (1, 10**11), "ms": (10**3, 10**14), "us": (10**6, 10**17), "ns": (10**9, 2**63)}
+
+
+def in_seconds(timestamps: np.ndarray, unit: str, raw: Path) -> np.ndarray:
+    """Unix timestamps in seconds; ``auto`` takes the unit the values' size implies (a timestamp of
+    milliseconds read as seconds would put the data in the year 50000)."""
+    largest = int(np.abs(timestamps).max()) if len(timestamps) else 0
+    if unit == "auto":
+        unit = next(name for name, (_, limit) in UNITS.items() if largest < limit)
+        if unit != "s":
+            print(f"esapr: {raw.name}: timestamps up to {largest:,} read as {unit} (--timestamp_unit to say otherwise)",
+                  file=sys.stderr)
+    scale, limit = UNITS[unit]
+    if largest >= limit:
+        raise UserError(f"{raw}: timestamps up to {largest:,} are not {unit} since 1970 (they would lie after the "
+                        f"year 5000); check the file's timestamp column or pass --timestamp_unit")
+    return timestamps // scale if scale > 1 else timestamps
 
 
 @contextmanager
@@ -109,6 +130,7 @@ def load_sequences(data: DataOptions) -> tuple[Sequences, Path, Path]:
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 path.unlink()  # a damaged cache is rebuilt, never used
         frame = read_user_file(raw) if data.data_file else SOURCES[data.dataset_code].reader(raw)
+        frame.timestamp = in_seconds(frame.timestamp, data.timestamp_unit, raw)
         sequences = build_sequences(frame, data.min_rating, data.min_sc, data.min_uc)
         sequences.save(path)
     return sequences, folder, raw

@@ -41,7 +41,11 @@ from esapr.models.attention import (FeedForward, PositionalEmbedding, Sublayer, 
 from esapr.models.bert4rec import MaskedItemModel
 from esapr.models.dropout import Dropout
 from esapr.models.relative import KernelTerm, PairDropout
+from esapr.errors import UserError
 from esapr.families.meantime import kernel_kinds
+
+# 300 years of days: more means timestamps in another unit, or outliers
+MAX_DAYS = 300 * 366
 
 
 class RelativeKernels:
@@ -172,6 +176,10 @@ class MEANTIME(MaskedItemModel):
             if kind == "p":
                 self.absolute[kind] = PositionalEmbedding(options.max_len, hidden)
             elif kind == "d":
+                if info.n_days > MAX_DAYS:
+                    raise UserError(f"the timestamps span {info.n_days:,} days, and MEANTIME's day kernel (d) has a "
+                                    f"row per day: check the timestamp column (--timestamp_unit) or drop the kernel "
+                                    f"(--absolute_kernel_types p)")
                 self.absolute[kind] = nn.Embedding(info.n_days, hidden)
             else:
                 self.absolute[kind] = nn.Embedding(1, hidden)

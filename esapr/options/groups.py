@@ -52,6 +52,8 @@ class DataOptions:
     min_uc: int = option(5, "keep users with at least this many interactions (after item filter)", valid=AT_LEAST_0)
     min_sc: int = option(5, "keep items with at least this many interactions", valid=AT_LEAST_0)
     split: str = option("leave_one_out", "evaluation split", ("leave_one_out",))
+    timestamp_unit: str = option("auto", "unit of the file's timestamps (auto: seconds, or ms/us/ns where the values "
+                                         "are too large for seconds since 1970)", ("auto", "s", "ms", "us", "ns"))
     test_negative_sampler_code: str = option("popular", "evaluation negative sampler", ("random", "popular"))
     test_negative_sample_size: int = option(100, "evaluation negatives per user", valid=SIZE)
     test_negative_sampling_seed: int = option(98765, "seed of the evaluation negatives", valid=SEED)
