@@ -214,8 +214,8 @@ def _run(argv: list[str]) -> int:
         if not _out_of_memory(error):
             raise
         first = first_line(error)
-        print(f"esapr: error: out of memory ({first}); use a smaller batch size, max_len or model, or a machine "
-              f"with more memory", file=sys.stderr)
+        print(f"esapr: error: out of memory ({first}); use smaller batches or a smaller model (the model's size "
+              f"options: esapr train --help), fewer items (--min_sc), or a machine with more memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt as error:
         _end_progress_line()

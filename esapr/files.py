@@ -57,7 +57,7 @@ def atomic_write(path: Path, write: Callable) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda stream: stream.write(text.encode()))
+    atomic_write(path, lambda stream: stream.write(text.encode(errors="surrogateescape")))
 
 
 def missing_folders(folder: Path) -> list[Path]:

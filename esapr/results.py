@@ -63,11 +63,23 @@ def _model_rank(config: dict) -> int:
 
 
 def _dataset_label(config: dict, results: dict) -> str:
+    """The dataset's name in tables and figures (bytes that are not text shown as U+FFFD)."""
     if results.get("dataset"):
-        return str(results["dataset"])
-    if config.get("data_file"):
-        return Path(config["data_file"]).stem
-    return str(config.get("dataset_code") or "?")
+        label = str(results["dataset"])
+    elif config.get("data_file"):
+        label = Path(config["data_file"]).stem
+    else:
+        label = str(config.get("dataset_code") or "?")
+    return label.encode(errors="surrogateescape").decode(errors="replace")
+
+
+def _distinct_datasets(records: list[tuple], fingerprints: list) -> list[tuple]:
+    """Records whose dataset names agree but whose data differ (two files named ratings.csv) get
+    the data's fingerprint in the name."""
+    seen: dict[str, set] = {}
+    for record, fingerprint in zip(records, fingerprints):
+        seen.setdefault(record[0], set()).add(fingerprint)
+    return [(f"{r[0]} ({f[:6]})" if len(seen[r[0]]) > 1 and f else r[0], *r[1:]) for r, f in zip(records, fingerprints)]
 
 
 def _metrics_of(experiment: Experiment, results: dict, split: str) -> dict | None:
@@ -97,7 +109,7 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
         raise UserError(f"split must be test or val, got '{split}'")
     if isinstance(metrics, str):
         metrics = metrics.replace(",", " ").split()
-    records, paths, ranks, unreadable = [], [], [], []
+    records, paths, ranks, unreadable, fingerprints = [], [], [], [], []
     for path in find_experiments(paths_or_root):
         experiment = Experiment(path)
         try:
@@ -121,6 +133,8 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
         records.append(record)
         paths.append(path)
         ranks.append(rank)
+        fingerprints.append(str(config.get("data_fingerprint") or ""))
+    records = _distinct_datasets(records, fingerprints)
     if not records:
         damaged = f"; unreadable: {unreadable[0]}" if unreadable else ""
         raise UserError(f"no finished experiments (with {split} results) under {paths_or_root}{damaged}")

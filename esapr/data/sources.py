@@ -436,4 +436,4 @@ def file_fingerprint(path: Path) -> str:
     time cannot restore it), so a file edited in place never matches its old cache."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
-    return hashlib.sha1(key.encode()).hexdigest()[:10]
+    return hashlib.sha1(key.encode(errors="surrogateescape")).hexdigest()[:10]

@@ -20,8 +20,8 @@ import torch
 from esapr.data.batches.history import RecentHistoryBatches
 from esapr.data.batches.types import BagBatch
 from esapr.models import DataInfo
-from esapr.models.linear import FLOAT64_ITEMS
-from esapr.models.slist import slist_grams, slist_weights
+from esapr.models.linear import check_dense_memory, solve_dtype
+from esapr.models.slist import SLIST, slist_grams, slist_weights
 from esapr.models.vae import VAE
 
 
@@ -34,9 +34,11 @@ def standardised(scores: torch.Tensor) -> torch.Tensor:
 
 class EsaprPlus(VAE):
     def __init__(self, options, info: DataInfo):
+        if options.linear_weight:
+            check_dense_memory("ESAPR+'s linear path", info.n_items, SLIST.PEAK_COPIES)
         super().__init__(options, info)
         self.linear_weight = options.linear_weight
-        self.solve_dtype = torch.float64 if info.n_items <= FLOAT64_ITEMS else torch.float32
+        self.solve_dtype = solve_dtype(info.n_items)
         vocab = info.n_items + 1
         self.register_buffer("linear", torch.zeros(vocab, vocab))
 

@@ -11,11 +11,13 @@ about 2.7e13 operations an inverse (a GPU).
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 
 from esapr.data.batches.types import HistoryBatch
+from esapr.errors import UserError
 from esapr.models import DataInfo, SequentialModel
 
 FLOAT64_ITEMS = 12_000
@@ -46,14 +48,49 @@ def zero_diagonal_ridge(gram: torch.Tensor, target: torch.Tensor, lam: float) ->
     return w
 
 
+def solve_dtype(n_items: int) -> torch.dtype:
+    return torch.float64 if n_items <= FLOAT64_ITEMS else torch.float32
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation on this machine (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_dense_memory(model: str, n_items: int, copies: int) -> None:
+    """Refuse, before allocating, a closed-form solve whose dense V x V matrices (``copies`` of them
+    at the solve's precision, at its peak) need more memory than the machine has free."""
+    vocab = n_items + 1
+    need = copies * vocab * vocab * torch.finfo(solve_dtype(n_items)).bits // 8
+    free = available_memory()
+    if free is not None and need > free:
+        raise UserError(f"{model} needs about {need / 2**30:.1f} GiB for its dense {vocab:,} x {vocab:,} item "
+                        f"matrices and {free / 2**30:.1f} GiB are free: keep fewer items (raise --min_sc), use a "
+                        f"machine with more memory, or another model")
+
+
 class LinearItemModel(SequentialModel):
     """An item-item weight matrix fitted in closed form over ``grid``; scoring is one matmul."""
 
+    # dense V x V matrices alive at the solve's peak (measured: EASE 1.6 GB at 6,000 items in float64)
+    PEAK_COPIES = 6
+
     def __init__(self, info: DataInfo, grid: list[dict]):
         super().__init__()
+        check_dense_memory(type(self).__name__, info.n_items, self.PEAK_COPIES)
         vocab = info.n_items + 1
         self.grid = grid
-        self.solve_dtype = torch.float64 if info.n_items <= FLOAT64_ITEMS else torch.float32
+        self.solve_dtype = solve_dtype(info.n_items)
         self.register_buffer("weights", torch.zeros(vocab, vocab))
 
     def closed_form_grid(self) -> list[dict]:

@@ -48,6 +48,8 @@ def slist_weights(grams: Grams, lam: float, alpha: float) -> torch.Tensor:
 
 
 class SLIST(LinearItemModel):
+    PEAK_COPIES = 11      # three Gram matrices kept over the grid, and the solve's (3.0 GB at 6,000 items)
+
     def __init__(self, options, info: DataInfo):
         super().__init__(info, [{"slist_lambda": lam, "slist_alpha": alpha}
                                 for lam in options.slist_lambdas for alpha in options.slist_alphas])

@@ -14,14 +14,15 @@ DATASET_CODES = ("ml-100k", "ml-1m", "ml-20m", "beauty", "game")
 
 @dataclass
 class RunOptions:
-    templates: list[str] = option([], "YAML templates applied in order (e.g. train_vae)", identity=False)
+    templates: list[str] = option([], "YAML templates applied in order (e.g. train_vae)", identity=False, path=True)
     model_code: str | None = option(None, "model family (a template sets it)")
     model_label: str | None = option(None, "the model's name in result tables (default: the family's)",
                                      identity=False)
-    experiment_root: str = option("experiments", "root folder of all experiments", identity=False)
+    experiment_root: str = option("experiments", "root folder of all experiments", identity=False, path=True)
     experiment_group: str | None = option(None, "sub-folder grouping experiments (default: the dataset)",
-                                          identity=False)
-    experiment_name: str | None = option(None, "experiment folder name (default: the template's)", identity=False)
+                                          identity=False, path=True)
+    experiment_name: str | None = option(None, "experiment folder name (default: the template's)", identity=False,
+                                         path=True)
     resume: bool = option(False, "continue an interrupted run from its last checkpoint", identity=False)
     overwrite: bool = option(False, "replace a finished experiment in the same folder", identity=False)
     checkpoint_every_seconds: float | None = option(
@@ -45,9 +46,9 @@ class RunOptions:
 @dataclass
 class DataOptions:
     dataset_code: str | None = option("ml-1m", "dataset in the registry (ignored with data_file)", DATASET_CODES)
-    data_file: str | None = option(None, "your own ratings CSV/TSV (with header) or sequence file")
+    data_file: str | None = option(None, "your own ratings CSV/TSV (with header) or sequence file", path=True)
     data_url: str | None = option(None, "mirror URL (http(s) or Google Drive link) for the dataset")
-    local_data_folder: str = option("./Data", "where raw data and caches live", identity=False)
+    local_data_folder: str = option("./Data", "where raw data and caches live", identity=False, path=True)
     min_rating: float = option(0, "keep interactions with rating >= this", valid=ANY_NUMBER)
     min_uc: int = option(5, "keep users with at least this many interactions (after item filter)", valid=AT_LEAST_0)
     min_sc: int = option(5, "keep items with at least this many interactions", valid=AT_LEAST_0)

@@ -59,11 +59,13 @@ SIZE, SEED = Range(1, 10**7), Range(0, 2**63 - 1)
 FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
 
 
-def option(default, help: str, choices: tuple | None = None, valid: Range | None = None, identity: bool = True):
+def option(default, help: str, choices: tuple | None = None, valid: Range | None = None, identity: bool = True,
+           path: bool = False):
     """A field of an options dataclass. ``identity=False``: the option does not change what a run
     computes (where it is saved, how it is shown or evaluated), so a saved run is the same run
-    whatever its value."""
-    metadata = {"help": help, "choices": choices, "valid": valid, "identity": identity}
+    whatever its value. ``path``: a file or folder name, which may hold any bytes the file system
+    allows; other text must be valid text (UTF-8)."""
+    metadata = {"help": help, "choices": choices, "valid": valid, "identity": identity, "path": path}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -163,11 +165,24 @@ def coerce(cls: type, name: str, value: Any) -> Any:
     except (TypeError, ValueError, OverflowError):
         kind = f"a list of {item_type.__name__}" if listed else f"one {getattr(base, '__name__', base)}"
         raise UserError(f"option '{name}' expects {kind}, got {short(value)}") from None
+    if not field_of(cls, name).metadata["path"] and any(isinstance(v, str) and not _is_text(v)
+                                                        for v in (result if listed else [result])):
+        raise UserError(f"option '{name}' holds bytes that are not UTF-8 text ({short(result)}); type it in a "
+                        f"UTF-8 terminal or file")
     choices = field_of(cls, name).metadata["choices"]
     if choices and result not in choices:
         raise UserError(f"option '{name}' must be one of {', '.join(map(str, choices))}, "
                         f"got {short(result)}{nearest(str(result), map(str, choices))}")
     return result
+
+
+def _is_text(value: str) -> bool:
+    """No undecodable bytes (which Python keeps as lone surrogates) in ``value``."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def field_of(cls: type, name: str) -> dataclasses.Field:
