@@ -257,9 +257,15 @@ class Trainer:
                 saved_at = time.monotonic()
             self.progress.epoch_done(epoch, {best_metric: f"{val[best_metric]:.4f}",
                                              "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
-                                             **self.schedule.progress_values(), **setting})
+                                             **self.patience(), **self.schedule.progress_values(), **setting})
         self.progress.close()
         return self.finish(experiment)
+
+    def patience(self) -> dict:
+        """Epochs since the last improvement out of the patience (early stopping's countdown)."""
+        if self.grid is not None:
+            return {}
+        return {"wait": f"{self.state.epoch - self.state.patience_from}/{self.training.saturation_wait_epochs}"}
 
     def _after_validation(self, epoch: int, validation: Evaluation) -> None:
         state = self.state
