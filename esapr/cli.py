@@ -34,7 +34,12 @@ class Command:
 
 
 # the options of a command that reads a saved run: where its data is now, and where to compute
-SAVED_RUN_OPTIONS = ("data_file", "local_data_folder", "device")
+SAVED_RUN_OPTIONS = ("data_file", "local_data_folder", "data_url", "device")
+SAVED_RUN_HELP = {"data_file": "where the run's own data file is now (default: where the run recorded it)",
+                  "local_data_folder": "where the dataset's raw files and caches are now (default: where the run "
+                                       "recorded them)",
+                  "data_url": "a mirror to download the dataset from, if it is nowhere on this machine",
+                  "device": "where to compute: auto, cpu or cuda (default cpu)"}
 # command flags that are switches (a bare --flag); every other flag takes a value
 SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only"})
 # command flags that take several values; every other flag and every option that is not a list takes one
@@ -96,7 +101,8 @@ def command_help(command: Command) -> str:
         lines += ["", "flags:"] + [f"  --{name}  {text}" for name, text in command.flags.items()]
     if command.options is not None:
         from esapr.options.spec import describe_field, field_of
-        lines += ["", "options:"] + [describe_field(field_of(ALL_OPTIONS[name], name)) for name in command.options]
+        lines += ["", "options:"] + [f"  --{name}  {SAVED_RUN_HELP[name]}" if name in SAVED_RUN_HELP else
+                                     describe_field(field_of(ALL_OPTIONS[name], name)) for name in command.options]
     elif command.option_groups is None or command.option_groups:
         lines += ["", "options (defaults < templates in order < options given; each family reads the shared "
                       "groups and its own):", describe_options(groups=command.option_groups)]

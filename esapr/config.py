@@ -208,7 +208,7 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
 
 def build_data_options(overrides: dict[str, Any]) -> DataOptions:
     """The data options alone (for the data commands, which train no model)."""
-    names = {f.name for f in fields(DataOptions)}
+    names = [f.name for f in fields(DataOptions)]   # in declaration order, for the message
     for name in overrides:
         if name not in names:
             raise UserError(f"option '{name}' is not a data option; without a template this command takes "

@@ -155,10 +155,16 @@ class Experiment:
         will do), else where its options say."""
         saved = self.read_config()
         recorded = saved.get("data_location") or {}
-        found = {name: place for name, place in recorded.items()
-                 if name not in overrides and isinstance(place, str) and Path(place).exists()}
+        places = {}
+        for name, place in recorded.items():
+            if name in overrides or not isinstance(place, str):
+                continue
+            here = saved.get(name)       # as the run was given it: relative to the folder it ran in
+            if not Path(place).exists() and isinstance(here, str) and Path(here).exists():
+                continue                 # the project moved with its data: the relative path holds
+            places[name] = place         # else the recorded absolute path (named by any error)
         try:
-            return saved_config(saved, **found, **overrides)
+            return saved_config(saved, **places, **overrides)
         except UserError as error:
             raise UserError(f"{self.config_file}: {error}") from None
 

@@ -156,8 +156,8 @@ class LoadedExperiment:
 
 def load_experiment(path, device: str = "cpu", data_file: str | None = None,
                     local_data_folder: str | None = None) -> LoadedExperiment:
-    """Open a trained experiment folder. ``data_folder`` replaces the saved local_data_folder
-    (when the data lives elsewhere now); the data is loaded on first use."""
+    """Open a trained experiment folder; its data is found where the run recorded it, or where
+    ``data_file`` / ``local_data_folder`` say it is now, and loaded on first use."""
     return LoadedExperiment(path, device=device, data_file=data_file, local_data_folder=local_data_folder)
 
 

@@ -23,7 +23,7 @@ from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.families import FAMILIES, model_label
 from esapr.figures import save_figure, table_canvas, text_lines, wrap
-from esapr.metrics import sort_key
+from esapr.metrics import FULL, per_user, sort_key
 from esapr.progress import seconds
 
 VAE_PREFIX = "VAE"   # models whose label starts with this are "VAE variants" (bold in the figure)
@@ -373,19 +373,16 @@ def plot_curves(path, png=None, metric: str | None = None):
 
 
 def per_user_metrics(path, k: int = 10) -> pd.DataFrame:
-    """Per test user, from tables/test_ranks.csv (0-based rank of the answer: 0 = first):
-    NDCG@k = 1/log2(rank+2) and Recall@k = [rank < k], sampled and (where present) full ranking."""
+    """Per test user, from tables/test_ranks.csv (0-based rank of the answer: 0 = first), NDCG@k
+    and Recall@k (``esapr.metrics``), sampled and (where computed) full ranking."""
     import numpy as np
 
     frame = Experiment(Path(path)).read_ranks()
-    for prefix, column in (("", "rank"), ("full_", "full_rank")):
-        if column not in frame.columns:
-            continue
+    for prefix, column in (("", "rank"), (FULL, "full_rank")):
         rank = frame[column].to_numpy(dtype=float)
         valid = rank >= 0   # -1: not computed
-        hit = valid & (rank < k)
-        frame[f"{prefix}NDCG@{k}"] = np.where(hit, 1.0 / np.log2(np.maximum(rank, 0) + 2), np.where(valid, 0.0, np.nan))
-        frame[f"{prefix}Recall@{k}"] = np.where(valid, hit.astype(float), np.nan)
+        for name in (f"NDCG@{k}", f"Recall@{k}"):
+            frame[prefix + name] = np.where(valid, per_user(np.maximum(rank, 0), name), np.nan)
     return frame
 
 

@@ -162,6 +162,12 @@ def template_of(code: str) -> str:
     return f"train_{code}" if f"train_{code}" in names else names[0]
 
 
+def as_args(options: dict) -> list[str]:
+    """``{"lr": 0.1, "metric_ks": [1, 5]}`` as ``--lr 0.1 --metric_ks 1 5``."""
+    return [word for name, value in options.items()
+            for word in (f"--{name}", *map(str, value if isinstance(value, list) else [value]))]
+
+
 def tiny(template: str, data_file: Path | None = None, **extra) -> dict:
     """Options for a run of ``template`` that trains in a second: its family's tiny preset
     (``esapr.families``), on the CPU, checkpointing every epoch, on ``data_file`` (caches beside

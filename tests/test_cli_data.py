@@ -46,7 +46,7 @@ SUBPROCESS = {
     "unknown_dataset_code": ({}, ["--dataset_code", "ml-2m"],
                              "option 'dataset_code' must be one of ml-100k, ml-1m, ml-20m, beauty, game, got 'ml-2m'"),
     "unknown_option": ({}, ["--dataset_code", "ml-100k", "--min_ucc", "5"],
-                       "unknown option 'min_ucc' (did you mean 'min_uc'?)"),
+                       "unknown option '--min_ucc' (did you mean 'min_uc'?)"),
     "value_outside_choices": ({}, ["--dataset_code", "ml-100k", "--split", "random"],
                               "option 'split' must be one of leave_one_out, got 'random'"),
     "truncated_zip_in_raw_folder": ({"ml-1m/ml-1m.zip": ML1M_ZIP[: len(ML1M_ZIP) // 2]},
@@ -56,7 +56,8 @@ SUBPROCESS = {
 # More of the same, run in-process through esapr.cli.main (same code path, no interpreter start-up):
 IN_PROCESS = {
     "dataset_code_without_value": ({}, ["--dataset_code"], "option '--dataset_code' needs a value"),
-    "ill_typed_value": ({}, ["--dataset_code", "ml-100k", "--min_uc", "five"], "option 'min_uc' expects int, got 'five'"),
+    "ill_typed_value": ({}, ["--dataset_code", "ml-100k", "--min_uc", "five"],
+                        "option 'min_uc' expects one int, got 'five'"),
     "min_uc_too_small": ({"ml-100k/u.data": _ml100k_rows()}, ["--dataset_code", "ml-100k", "--min_uc", "2"],
                          "min_uc must be at least 3"),
     "truncated_zip_beside_ratings": ({"ml-1m/ml-1m.zip": ML1M_ZIP[:100], "ml-1m/ratings.dat": "1::1::5::100\n"},
@@ -71,6 +72,9 @@ IN_PROCESS = {
     "binary_user_file": ({"mine.csv": bytes(range(256)) * 4}, ["--data_file", "{dir}/mine.csv"],
                          "mine.csv: is not a text file (it holds binary data)"),
     "unknown_subcommand": ({}, None, "usage: esapr data stats|prepare"),
+    "training_option": ({}, ["--dataset_code", "ml-100k", "--lr", "0.5"],
+                        "option 'lr' is not a data option; without a template this command takes --dataset_code, "
+                        "--data_file, --data_url, --local_data_folder,"),
 }
 
 
@@ -165,11 +169,11 @@ def test_stats_json_and_cache(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert (stats["users"], stats["items"], stats["interactions"]) == (6, 7, 42)
     assert stats["length_quantiles"]["min"] == 7
-    caches = list((tmp_path / "preprocessed").glob("ml-100k-*_min_rating0-min_uc5-min_sc5-splitleave_one_out"))
+    caches = list((tmp_path / "preprocessed").glob("ml-100k-*-min_uc5-min_sc5-splitleave_one_out"))
     assert len(caches) == 1 and (caches[0] / "sequences.npz").is_file()
     (caches[0] / "sequences.npz").write_bytes(b"")      # the cache answers ...
     raw = (tmp_path / "ml-100k" / "u.data").read_bytes()
-    assert main(args + ["--lr", "0.5"]) == 0            # ... or is rebuilt from the raw file, the same
+    assert main(args) == 0                              # ... or is rebuilt from the raw file, the same
     assert json.loads(capsys.readouterr().out) == stats
     assert (tmp_path / "ml-100k" / "u.data").read_bytes() == raw
 
@@ -203,4 +207,22 @@ def test_prepare_prints_json(tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(out)
     assert summary["users"] == 8 and summary["items"] == 12 and summary["interactions"] == 72
-    assert Path(summary["cache"]).is_dir()
+    cache = Path(summary["cache"])
+    assert sorted(p.name for p in cache.glob("negatives-*")) == ["negatives-popular-size3-seed98765.npy"]
+
+
+def test_prepare_with_a_template_makes_its_training_negatives_too(tmp_path, capsys):
+    """SASRec's pool (random, seed 12345 in its template) is cached beside the test negatives;
+    an option its family does not read is refused."""
+    from esapr.cli import main
+    put(tmp_path, "mine.csv", "user,item,timestamp\n" +
+        "".join(f"{u},{i},{100 * u + i}\n" for u in range(1, 9) for i in range(1, 13) if (u + i) % 4))
+    data = ["--data_file", str(tmp_path / "mine.csv"), "--local_data_folder", str(tmp_path),
+            "--test_negative_sample_size", "3"]
+    assert main(["data", "prepare", "--templates", "train_sas", "--train_negative_sample_size", "2", *data]) == 0
+    cache = Path(json.loads(capsys.readouterr().out)["cache"])
+    assert sorted(p.name for p in cache.glob("negatives-*")) == ["negatives-popular-size3-seed98765.npy",
+                                                                 "negatives-random-size2-seed12345.npy"]
+    assert main(["data", "prepare", "--templates", "train_ease", "--train_negative_sample_size", "2", *data]) == 2
+    assert capsys.readouterr().err.startswith("esapr: error: option 'train_negative_sample_size' is not read by "
+                                              "model 'ease' (EASE)")

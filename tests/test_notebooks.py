@@ -2,22 +2,25 @@
 notebook helpers (Drive outside/inside Colab, the automatic resume decision) behave."""
 import json
 import os
+import re
 import sys
 import types
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from esapr.colab import check_drive_path, in_colab, mount_drive, plan_run, unmount_drive, zip_experiment
+from esapr.colab import (check_drive_path, in_colab, mount_drive, plan_run, project_root, unmount_drive,
+                         zip_experiment)
 from esapr.config import build_config
 from esapr.errors import UserError
+from tests.conftest import as_args, closed_port_url, start_cli, tiny
 from tests.synthetic import write_ratings_csv
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TINY = {"max_len": 16, "train_window": 2, "train_batch_size": 64, "val_batch_size": 64, "test_batch_size": 64,
-        "encoder_hidden_layer": [32], "encode_len": 16, "hidden_units": 16, "num_blocks": 1,
-        "test_negative_sample_size": 20, "saturation_wait_epochs": 1}
+# the notebooks train VAE variants (train_vae, train_vae_net, train_vae_tr): the VAE's tiny preset
+TINY = tiny("train_vae", saturation_wait_epochs=1)
 
 
 def execute(path: Path, cwd: Path, timeout: int = 240, allow_errors: bool = False):
@@ -50,6 +53,12 @@ def text_of(nb) -> str:
     return "\n".join(parts)
 
 
+def comparison_files(nb) -> dict[str, Path]:
+    """The files compare_models says it saved (its "saved ..." line), by suffix."""
+    line = next(line for line in text_of(nb).splitlines() if line.startswith("saved "))
+    return {Path(word).suffix[1:]: Path(word) for word in line.split()[1:]}
+
+
 @pytest.fixture(scope="module")
 def nb_env(tmp_path_factory):
     """Environment for the notebook kernels: tiny data, tiny models, 2 epochs, local folders."""
@@ -74,6 +83,7 @@ def esapr_run(nb_env):
     return nb_env, nb
 
 
+@pytest.mark.slow
 def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
     base, nb = esapr_run
     root = base / "experiments"
@@ -96,6 +106,7 @@ def test_esapr_notebook_trains_and_writes_table_curves_zip(esapr_run):
     assert "capped: stopped at NUM_EPOCHS = 2" in cell_text(nb, "Train")
 
 
+@pytest.mark.slow
 def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
     base, _ = esapr_run
     experiment = base / "experiments" / "ratings" / "vae"
@@ -105,6 +116,7 @@ def test_esapr_notebook_again_shows_the_finished_run(esapr_run):
     assert (experiment / "models" / "best_model.pth").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_esapr_notebook_refuses_a_folder_with_other_options(esapr_run, monkeypatch):
     """An option changed in the form after a finished run: the run is not shown as the new one."""
     base, _ = esapr_run
@@ -116,6 +128,7 @@ def test_esapr_notebook_refuses_a_folder_with_other_options(esapr_run, monkeypat
     assert "showing it" not in train and "test metrics of" not in train
 
 
+@pytest.mark.slow
 def test_esapr_notebook_another_dataset_trains_its_own_run(esapr_run, monkeypatch):
     """DATA_FILE switched after a finished run: a new folder (the dataset is part of it), a new run,
     and the results table holds only that dataset's runs."""
@@ -130,6 +143,7 @@ def test_esapr_notebook_another_dataset_trains_its_own_run(esapr_run, monkeypatc
     assert "other" in table and "ratings" not in table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
     base, _ = esapr_run
@@ -141,11 +155,12 @@ def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
     out = text_of(nb)
     if notebook.stem == "compare_models":
         group = base / "experiments" / "compare"
-        for name in ("comparison.png", "comparison_curves.png"):
-            assert (group / name).read_bytes()[:4] == b"\x89PNG", name
+        files = comparison_files(nb)
+        for path in (files["png"], group / "comparison_curves.png"):
+            assert path.parent == group and path.read_bytes()[:4] == b"\x89PNG", path
         for name in ("vae_net_seed0", "vae_net_seed1", "vae_tr_seed0", "vae_tr_seed1"):
             assert (group / name / "status").read_text().strip() == "finished", name
-        saved = json.loads((group / "comparison.json").read_text())
+        saved = json.loads(files["json"].read_text())
         assert [m["model"] for m in saved["models"]] == ["VAE_net", "VAE_tr"]
         assert "Full ranking" in out and "Popularity-sampled (20 popular negatives)" in out
     if notebook.stem == "inspect_experiment":
@@ -154,6 +169,77 @@ def test_notebooks_folder_runs(esapr_run, notebook, monkeypatch):
         assert "the top-10" in out
 
 
+# --- the notebooks in a clone's notebooks/ find the runs made at its root -------------------------------
+PROJECT_COMPARE = ["--templates", "train_vae_net", "train_vae_tr", "--seeds", "0", "--num_epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder as README's commands leave it: ml-100k's raw file in Data/ (its mirror is
+    unreachable, so it is found there or nowhere) and, at the root, a compare's finished runs made
+    with ``esapr compare ... --dataset_code ml-100k``; an empty notebooks/. (root, data_url)."""
+    root = tmp_path_factory.mktemp("project")
+    ratings = pd.read_csv(write_ratings_csv(root / "ratings.csv", n_users=60, n_items=40))
+    (root / "Data" / "ml-100k").mkdir(parents=True)
+    ratings.to_csv(root / "Data" / "ml-100k" / "u.data", sep="\t", header=False, index=False)
+    (root / "ratings.csv").unlink()
+    (root / "notebooks").mkdir()
+    url = closed_port_url("ml-100k.zip")
+    options = as_args(TINY)
+    process = start_cli(["compare", *PROJECT_COMPARE, "--dataset_code", "ml-100k", "--data_url", url, *options,
+                         "--quiet"], root)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    return root, url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_run_from_notebooks_find_the_projects_runs_and_data(nb_env, project, notebook, monkeypatch):
+    """No folder set: the runs at the project's root are reused (compare_models) or inspected, with
+    the data in its Data/; nothing is made in notebooks/."""
+    root, url = project
+    for name in ("EXPERIMENT_ROOT", "DATA_FOLDER", "DATA_FILE", "EXPERIMENT", "GROUP"):
+        monkeypatch.delenv(f"ESAPR_NB_{name}", raising=False)
+    for name, value in {"DATASET": "ml-100k", "TEMPLATES": "train_vae_net,train_vae_tr", "SEEDS": "0", "EPOCHS": "1",
+                        "OVERRIDES": json.dumps({**TINY, "data_url": url})}.items():
+        monkeypatch.setenv(f"ESAPR_NB_{name}", value)
+    group = root / "experiments" / "ml-100k"
+    weights = {p: p.stat().st_mtime_ns for p in group.glob("*/models/best_model.pth")}
+    assert len(weights) == 2
+    nb = execute(notebook, root / "notebooks")
+    out = text_of(nb)
+    if notebook.stem == "compare_models":
+        assert f"experiments: {group.parent}" in out and f"data cache:  {root / 'Data'}" in out
+        assert "2 run(s) reused, 0 trained" in out
+        png = comparison_files(nb)["png"]
+        assert png.parent == group and png.read_bytes()[:4] == b"\x89PNG"
+    if notebook.stem == "inspect_experiment":
+        shown = Path(re.search(r"experiment: (.*)", out).group(1))
+        assert shown.parent == group and (shown / "rank_distribution.png").read_bytes()[:4] == b"\x89PNG"
+        assert "the top-10" in out
+    assert {p: p.stat().st_mtime_ns for p in group.glob("*/models/best_model.pth")} == weights
+    assert list((root / "notebooks").iterdir()) == []
+
+
+def test_project_root_is_the_nearest_folder_with_runs_data_or_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home"
+    clone = home / "clone"
+    (clone / "notebooks" / "deep").mkdir(parents=True)
+    assert project_root(clone / "notebooks") == clone / "notebooks"      # nothing anywhere: the working folder
+    (home / "Data").mkdir()
+    assert project_root(clone / "notebooks") == clone / "notebooks"      # ~/Data is not a project's
+    (clone / "setup.py").write_text("")
+    assert project_root(clone / "notebooks" / "deep") == clone
+    (clone / "notebooks" / "experiments").mkdir()
+    assert project_root(clone / "notebooks" / "deep") == clone / "notebooks"     # the nearest wins
+    assert project_root(home) == home                                   # the home folder itself may be one
+    monkeypatch.chdir(clone / "notebooks" / "deep")
+    assert project_root() == clone / "notebooks"
+
+
+@pytest.mark.slow
 def test_esapr_notebook_raised_epochs_extend_the_finished_run(esapr_run, monkeypatch):
     """NUM_EPOCHS raised after a capped run: the run continues from its checkpoint (as
     esapr train --resume --num_epochs 3), it does not start again nor show the old numbers.
@@ -249,19 +335,20 @@ def test_plan_run_decides_start_resume_show_overwrite(tmp_path):
     folder = tmp_path / "ml-1m" / "run"
     assert plan_run(_config(tmp_path))[0] == "start"
     (folder / "models").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(_config(tmp_path).to_dict()))
+    (folder / "config.json").write_text(json.dumps(_config(tmp_path).values()))
     (folder / "status").write_text("running\n")
     assert plan_run(_config(tmp_path))[0] == "overwrite"          # unfinished, nothing to resume from
     (folder / "models" / "recent_checkpoint.pth").write_bytes(b"x")
     action, config = plan_run(_config(tmp_path))
-    assert action == "resume" and config.resume and not config.overwrite
+    assert action == "resume" and config.run.resume and not config.run.overwrite
     (folder / "status").write_text("interrupted\n")
     assert plan_run(_config(tmp_path))[0] == "resume"
     (folder / "status").write_text("finished\n")
+    (folder / "results.json").write_text(json.dumps({"epochs": 40, "test": {}}))    # stopped early: shown
     action, config = plan_run(_config(tmp_path))
-    assert action == "show" and not config.resume
+    assert action == "show" and not config.run.resume
     action, config = plan_run(_config(tmp_path), overwrite=True)
-    assert action == "overwrite" and config.overwrite and not config.resume
+    assert action == "overwrite" and config.run.overwrite and not config.run.resume
 
 
 def test_zip_experiment_holds_the_folder(tmp_path):

@@ -11,18 +11,11 @@ import esapr
 from esapr.cli import main
 from esapr.config import build_config
 from esapr.errors import UserError
+from esapr.families import family
 from esapr.recommend import load_experiment, recommendation_panel
-from esapr.registry import family
 from esapr.training.trainer import train
+from tests.conftest import template_of, tiny
 from tests.synthetic import write_ratings_csv
-
-TINY = dict(max_len=16, train_window=2, train_batch_size=64, val_batch_size=50, test_batch_size=50,
-            encoder_hidden_layer=[32], encode_len=16, hidden_units=16, num_heads=2, num_blocks=1,
-            test_negative_sample_size=20, num_epochs=1, device="cpu")
-FAMILY = {"vae": ("train_vae", {}), "bert": ("train_bert", {}),
-          "sas": ("train_sas", {"train_negative_sample_size": 20}),
-          "marank": ("train_marank", {"train_negative_sample_size": 20}),
-          "ease": ("train_ease", {}), "slist": ("train_slist", {})}
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +36,17 @@ def experiments(shifted_csv):
     root = shifted_csv.parent
     made = {}
 
-    def get(family: str) -> Path:
-        if family not in made:
-            template, extra = FAMILY[family]
-            options = dict(TINY, **extra, data_file=str(shifted_csv), experiment_name=family,
-                           local_data_folder=str(root / "data"), experiment_root=str(root / "runs"))
-            if family == "vae":   # the public API: templates and options
+    def get(code: str) -> Path:
+        if code not in made:
+            template = template_of(code)
+            epochs = {"num_epochs": 1} if family(code).trained else {}    # a closed-form model fits its grid
+            options = tiny(template, shifted_csv, experiment_name=code, experiment_root=str(root / "runs"), **epochs)
+            if code == "vae":   # the public API: templates and options
                 results = esapr.train(templates=template, progress=False, **options)
             else:
                 results = train(build_config([template], options), progress=False)
-            made[family] = Path(results["experiment"])
-        return made[family]
+            made[code] = Path(results["experiment"])
+        return made[code]
     return get
 
 
@@ -64,7 +57,8 @@ def reference_scores(loaded, user_row: int) -> torch.Tensor:
     seqs = loaded.data.sequences
     assert user_row < seqs.n_users - 1
     model = loaded.model
-    builder = family(loaded.config.model_code).builder_class()(loaded.data, loaded.config, torch.device("cpu"))
+    config = loaded.config
+    builder = config.family.builder_class()(loaded.data, config.model, config.evaluation, torch.device("cpu"))
     users = torch.tensor([user_row])
     ends = torch.tensor([int(seqs.offsets[user_row + 1])])
     batch = builder.eval_batch(users, builder.starts[users], ends, builder.data)
@@ -124,6 +118,21 @@ def test_unknown_ids_and_bad_arguments_are_user_errors(experiments):
         loaded.recommend(user=501, k=0)
     with pytest.raises(UserError, match="no config.json"):
         load_experiment(experiments("vae").parent)
+
+
+def test_data_options_say_where_the_data_is_now(experiments, shifted_csv, tmp_path):
+    """A copy of the data file elsewhere (caches made in another folder) is the same data; a
+    changed file is refused, whatever its name."""
+    path = experiments("vae")
+    expected = load_experiment(path).recommend(user=501, k=5)
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(shifted_csv.read_bytes())
+    moved = load_experiment(path, data_file=str(copy), local_data_folder=str(tmp_path / "cache"))
+    pd.testing.assert_frame_equal(moved.recommend(user=501, k=5), expected)
+    assert len(list((tmp_path / "cache" / "preprocessed").iterdir())) == 1
+    copy.write_text("".join(shifted_csv.read_text().splitlines(keepends=True)[:-1]))   # one interaction less
+    with pytest.raises(UserError, match="differs from the data this run was trained on"):
+        load_experiment(path, data_file=str(copy), local_data_folder=str(tmp_path / "cache")).recommend(user=501)
 
 
 def test_marank_needs_a_known_user(experiments):

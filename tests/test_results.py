@@ -21,7 +21,7 @@ def make_experiment(root: Path, name: str, template: str, model_code: str, datas
     path = root / "group" / name
     (path / "tables").mkdir(parents=True)
     (path / "config.json").write_text(json.dumps({"templates": [template], "model_code": model_code,
-                                                  "model_label": build_config([template]).model_label,
+                                                  "model_label": build_config([template]).run.model_label,
                                                   "experiment_name": name, "dataset_code": dataset,
                                                   "n_users": 10, "n_items": 20}))
     val_rows = val_rows or [{"epoch": e, **{k: v * e / best_epoch for k, v in test.items()}} for e in (1, 2, 3)]
@@ -184,8 +184,9 @@ def test_cli_results_errors_are_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no such folder" in err
     assert main(["results", "--digits", "abc"]) == 2
     assert capsys.readouterr().err == "esapr: error: --digits expects a whole number, got 'abc'\n"
-    assert main(["results", "--lr", "0.1"]) == 2
-    assert "usage: esapr results" in capsys.readouterr().err
+    assert main(["results", "--lr", "0.1"]) == 2          # results takes its flags, no run option
+    err = capsys.readouterr().err
+    assert err.startswith("esapr: error: unknown option '--lr'") and "this command takes --root, --png" in err
 
 
 def test_cli_results_reads_experiments_by_default(root, monkeypatch, capsys):
@@ -227,7 +228,7 @@ def test_plot_results_table_shows_epochs_capped_and_pilot_runs(tmp_path):
     assert info["info|epochs|ml-a|VAE_tw"] == "3 (2) capped"
     assert info["info|epochs|ml-a|BERT4Rec"] == "3 (2) pilot"
     assert info["info|epochs|ml-a|SASRec"] == "3 (2)"
-    assert info["info|time|ml-a|SASRec"] == "3 s, ?"
+    assert info["info|time|ml-a|SASRec"] == "3.0 s, ?"           # train_seconds 3.0, no device saved
     _inside(fig)
 
 
@@ -255,7 +256,8 @@ def test_rank_distribution_labels_the_cut_off(tmp_path):
     from esapr.experiment import Experiment
     from esapr.results import plot_rank_distribution
     path = make_experiment(tmp_path, "vae", "train_vae", "vae", "ml-a", metrics(0.3, 0.5, 0.1))
-    Experiment(path).write_ranks(np.arange(1, 7), np.array([0, 3, 9, 10, 40, 99]), np.array([0, 30, 90, 100, 400, 999]))
+    Experiment(path).write_ranks("test", np.arange(1, 7), np.array([0, 3, 9, 10, 40, 99]),
+                                 np.array([0, 30, 90, 100, 400, 999]))
     fig = plot_rank_distribution(path, k=10)
     for axis in fig.axes:
         labels = [t.get_text() for t in axis.get_legend().get_texts()]
