@@ -71,8 +71,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "jobs": "train this many runs at once, each with cores/N threads (default 1)",
              "dry_run": "print each run's esapr train command (to send to a scheduler); train nothing",
              "aggregate_only": "train nothing; aggregate the runs already in their folders",
-             "output": "prefix of the table files (default <experiment_root>/<experiment_group>/comparison: "
-                       ".csv, .json, .md, .png)",
+             "output": "prefix of the table files, or a folder to write them in (default "
+                       "<experiment_root>/<experiment_group>/comparison_<hash of the template set>: .csv, .json, "
+                       ".md, .png)",
              "metrics": "the metrics shown in the printed table and the figure (default NDCG@10 Recall@10 "
                         "NDCG@20 Recall@20 MRR; the CSV and JSON hold all)",
              "quiet": "print only the table"}, None),

@@ -172,7 +172,7 @@ def cmd_recommend(argv: list[str]) -> int:
 
 def cmd_compare(argv: list[str]) -> int:
     """esapr compare --templates T ... [--seeds 0 1 2 3 4] [--jobs N] [--dry_run | --aggregate_only] ..."""
-    from esapr.comparison import DEFAULT_SEEDS, compare
+    from esapr.comparison import CLI, DEFAULT_SEEDS, run_compare
     overrides, flags = parse_options(argv, extra=("seeds", "jobs", "dry_run", "aggregate_only", "output", "metrics",
                                                   "quiet"))
     templates = overrides.pop("templates", None)
@@ -182,21 +182,23 @@ def cmd_compare(argv: list[str]) -> int:
     seeds = flags.get("seeds", list(DEFAULT_SEEDS))
     seeds = seeds.replace(",", " ").split() if isinstance(seeds, str) else seeds
     metrics = flags.get("metrics")
+    metrics = " ".join(metrics) if isinstance(metrics, list) else metrics
     metrics = metrics.replace(",", " ").split() if isinstance(metrics, str) else metrics
     for name in ("dry_run", "aggregate_only", "quiet"):
         if flags.get(name) not in (None, True):
             raise UserError(f"--{name} is a flag; write it without a value")
-    quiet = bool(flags.get("quiet"))
-    result = compare(templates, seeds, jobs=flags.get("jobs", 1), dry_run=bool(flags.get("dry_run")),
-                     aggregate_only=bool(flags.get("aggregate_only")), output=flags.get("output"), metrics=metrics,
-                     progress="quiet" if quiet else "auto", say=(lambda *a: None) if quiet else print, **overrides)
-    if isinstance(result, list):
+    quiet, dry_run = bool(flags.get("quiet")), bool(flags.get("dry_run"))
+    result = run_compare(CLI, templates, seeds, jobs=flags.get("jobs", 1), dry_run=dry_run,
+                         aggregate_only=bool(flags.get("aggregate_only")), output=flags.get("output"),
+                         metrics=metrics, progress="quiet" if quiet else "auto",
+                         say=(lambda *a: None) if quiet and not dry_run else print, **overrides)
+    if isinstance(result, list):     # a dry run's commands, printed: what it was asked for, quiet or not
         return 0
     print(result.format(metrics))
     print("\n" + "  ".join(f"{kind}: {path}" for kind, path in result.files.items()))
-    failed = [o for o in result.runs if o.state == "failed"]
-    if failed:
-        print(f"esapr: warning: {len(failed)} of {len(result.runs)} runs failed; they are left out of the table",
-              file=sys.stderr)
+    problems = [o for o in result.runs if o.problem]
+    if problems:
+        print(f"esapr: warning: {len(problems)} of {len(result.runs)} runs failed or are damaged; they are left out "
+              f"of the table", file=sys.stderr)
         return 1
     return 0

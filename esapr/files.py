@@ -88,6 +88,27 @@ def refuse_links(*paths: Path) -> None:
                             f"real folder or file, or choose another name")
 
 
+def lock_holder(folder: Path) -> str | None:
+    """Who holds ``folder``'s lock ("pid 12, since ..."), or None when no live process does. A
+    probe that creates nothing: ``esapr compare`` waits for a run another process is training,
+    and tells a run whose process died from one still going."""
+    try:
+        fd = os.open(Path(folder) / ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None         # no lock file (or a link, refused where it is written): nobody holds it
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return FolderLock._holder(fd)
+    except OSError:
+        return None         # a file system without locks
+    finally:
+        os.close(fd)        # closing drops the probe's shared lock
+    return None
+
+
 class FolderLock:
     """An exclusive lock on ``folder`` (the file ``folder/.lock`` holds the owner's pid). Folders
     made only to hold the lock are removed again on release if nothing else was put there, so a

@@ -3,6 +3,7 @@ against scipy, the runner's reuse / resume / extension, stale-run refusals, opti
 the templates that read them, metrics computed from saved ranks, the CLI and the figure."""
 import inspect
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from esapr.cli import main
 from esapr.colab import plan_run as notebook_plan
 from esapr.comparison import (Comparison, RunOutcome, aggregate, bootstrap_interval, compare, compare_models, holm,
                               paired_p_value, plan_run, plan_runs, plot_comparison, pool, protocol_label)
+from esapr.comparison.report import set_name
 from esapr.config import build_config
 from esapr.errors import UserError
 from esapr.experiment import Experiment
@@ -142,11 +144,12 @@ def test_aggregate_hand_made_rank_tables(tmp_path):
     # the Markdown table: a row per model, full then sampled, the best in bold, the left-out runs named
     lines = result.markdown(["Recall@1"]).splitlines()
     assert lines[0] == ("| model (template) | seeds | full Recall@1 | sampled Recall@1 | epochs (best) | "
-                        "training s per run |")
+                        "training per run |")
     assert lines[2].startswith("| VAE_tw (`train_vae`) | 2 | **0.3750 ± 0.1768** [") and lines[2].count("best") == 2
     # one seed: no std; 1 of 4 users hit, so a user resample's mean is >= 0.75 with probability 0.051 and
     # 1 with 0.004: the 97.5 % bound is 0.75
-    assert lines[3] == "| BERT4Rec (`train_bert`) | 1 | 0.2500 [0.000, 0.750] n.s. | 0.2500 [0.000, 0.750] n.s. | 2 (1) | 5 |"
+    assert lines[3] == ("| BERT4Rec (`train_bert`) | 1 | 0.2500 [0.000, 0.750] n.s. | 0.2500 [0.000, 0.750] n.s. | "
+                        "2 (1) | 5.0 s |")
     assert lines[-1] == "Left out: running: train_bert_seed1."
     # runs on other users cannot be paired
     other = fake_run(tmp_path / "x", "train_vae", 2, [0, 0, 0, 0], [0, 0, 0, 0], users=np.array([1, 2, 3, 9]))
@@ -217,7 +220,8 @@ def test_compare_trains_each_template_and_seed_into_its_folder(trained):
             assert table.loc[(protocol, metric, "SASRec"), "mean"] == pytest.approx(np.mean(runs))
     assert set(table.loc[("sampled", "NDCG@10"), "mark"]) <= {"best", "tied", "worse"}
     for kind in ("csv", "json", "md", "png"):
-        assert result.files[kind] == root / "ratings" / f"comparison.{kind}" and result.files[kind].is_file()
+        name = set_name(["train_vae_net", "train_sas"])
+        assert result.files[kind] == root / "ratings" / f"{name}.{kind}" and result.files[kind].is_file()
     saved = json.loads(result.files["json"].read_text())
     assert saved["protocols"]["sampled"].startswith("Popularity-sampled (20 popular") and len(saved["runs"]) == 4
     csv = pd.read_csv(result.files["csv"])
@@ -424,7 +428,7 @@ def test_cli_compare_dry_run_prints_train_commands_that_aggregate_only_reads(tin
     assert main(args + ["--aggregate_only"]) == 0
     out = capsys.readouterr().out
     assert "left out:\n  missing (not trained yet): vae_net_seed4" in out
-    assert (root / "ratings" / "comparison.png").is_file()
+    assert (root / "ratings" / f"{set_name(['train_vae_net'])}.png").is_file()
     # again as a dry run: the finished one is reused, the other still to train
     assert main(args + ["--dry_run"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -505,7 +509,7 @@ def test_plot_comparison_marks_best_and_tied_blocks_in_order(tmp_path):
                          "mark": mark})
     models = pd.DataFrame([{"model": m, "template": t, "seeds": 2, "seed_list": "0 1", "epochs": e, "epoch_list": el,
                             "best_epoch": 2.0, "best_epoch_list": "2 2", "train_seconds": 125.0, "device": "cpu",
-                            "capped": c, "paths": ""}
+                            "capped": c, "closed_form": False, "paths": ""}
                            for m, t, e, el, c in (("VAE_tw", "train_vae", 3.0, "3 3", 2),
                                                   ("SASRec", "train_sas", 30.0, "25 35", 0),
                                                   ("VAE_net", "train_vae_net", 9.0, "9 9", 0))])
@@ -539,14 +543,15 @@ def test_plot_comparison_marks_best_and_tied_blocks_in_order(tmp_path):
 
 
 def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, monkeypatch):
-    """--jobs N: N ``esapr train`` processes at once, each with cores // N threads, its output in a log."""
+    """--jobs N: N ``esapr train`` processes at once, each with cores // N threads, its output in a
+    log of this process's own, each stopping when the compare dies (Linux: a parent-death signal)."""
     base, options = tiny
     runs = plan_runs(["train_vae_net"], [0, 1, 2], {**options, "experiment_root": str(tmp_path)})
     started, running = [], []
 
     class FakeProcess:
-        def __init__(self, argv, stdout, env, **kwargs):
-            started.append((argv, env["OMP_NUM_THREADS"]))
+        def __init__(self, argv, stdout, env, preexec_fn, start_new_session, **kwargs):
+            started.append((argv, env["OMP_NUM_THREADS"], preexec_fn, start_new_session))
             running.append(self)
             self.returncode = None
             stdout.write("esapr: error: simulated\n")
@@ -559,9 +564,10 @@ def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, m
 
     monkeypatch.setattr(pool.subprocess, "Popen", FakeProcess)
     monkeypatch.setattr(pool.os, "cpu_count", lambda: 8)
-    outcomes = pool.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, log_folder=tmp_path / "logs",
-                            say=lambda *a: None)
-    assert [threads for _, threads in started] == ["4", "4", "4"]
+    outcomes = pool.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, say=lambda *a: None)
+    assert [threads for _, threads, _, _ in started] == ["4", "4", "4"]
     assert started[0][0][1:4] == ["-m", "esapr", "train"] and "--experiment_name" in started[0][0]
+    assert all(callable(preexec) and alone for _, _, preexec, alone in started)
     assert [(o.state, o.note) for o in outcomes] == [("failed", "exit 2: esapr: error: simulated")] * 3
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [f"ratings-vae_net_seed{i}.log" for i in range(3)]
+    logs = tmp_path / "ratings" / "compare_logs"
+    assert sorted(p.name for p in logs.iterdir()) == [f"vae_net_seed{i}.{os.getpid()}.log" for i in range(3)]

@@ -41,7 +41,9 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
                f"not significantly worse than it (two-sided Wilcoxon signed-rank test on per-user values averaged "
                f"over seeds, Holm-corrected across models, p >= {ALPHA}); white: significantly worse. "
                f"All runs rank the same candidates for the same test users. 'capped' (red): runs that reached "
-               f"num_epochs before early stopping, so they may not have converged.")
+               f"num_epochs before early stopping, so they may not have converged."
+               + (" 'identical': a closed-form model fits the same weights whatever the seed (no std); 'grid N "
+                  "(best k)': it fitted N settings and tested the k-th." if models["closed_form"].any() else ""))
     caption_lines = wrap(caption, inner, 7.5)
     left = comparison.left_out_lines()
     left_lines = wrap("Left out (not finished runs): " + "; ".join(left), inner, 7.5) if left else []
@@ -81,7 +83,8 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
                     ax.add_patch(Rectangle((x + 0.03, y + 0.03), cell_w - 0.06, row_h - 0.06, lw=0,
                                            facecolor="#b9e4b9" if cell["mark"] == "best" else "#e6f5e6",
                                            gid=f"shade|{protocol}|{model}|{metric}"))
-                std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.{digits}f}"
+                same = pd.isna(cell["std"]) or cell.get("identical", False)      # one seed, or one run
+                std = "" if same else f" ± {cell['std']:.{digits}f}"
                 ax.text(x + cell_w / 2, y + 0.18, f"{cell['mean']:.{digits}f}{std}", ha="center", va="center",
                         fontsize=9, fontweight="bold" if cell["mark"] == "best" else "normal",
                         gid=f"cell|{protocol}|{model}|{metric}")
@@ -97,9 +100,9 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
         for j, row in enumerate(models.itertuples()):
             color = "0.2"
             if name == "seeds":
-                text = f"{row.seeds}: {row.seed_list}"
+                text = f"{row.seeds}: {row.seed_list}" + (" (identical)" if row.closed_form else "")
             elif name == "epochs (best)":
-                text = f"{_span(row.epoch_list)} ({_span(row.best_epoch_list)})"
+                text = epochs_text(row)
                 if capped[row.model]:
                     text += f", capped {capped[row.model]}/{row.seeds}"
                     color = "tab:red"
@@ -118,9 +121,25 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
     return fig
 
 
+def seeds_text(row) -> str:
+    """A model row's seed count: '5', or '5 (identical: closed form)' where every seed fits the
+    same model (a std of 0 over them says nothing about seeds)."""
+    return f"{row.seeds} (identical: closed form)" if row.closed_form else str(row.seeds)
+
+
+def epochs_text(row, compact: bool = True) -> str:
+    """A model row's epochs and best epochs, '31-40 (35)' (``compact``: ranges over seeds, else
+    every run's); a closed-form model's grid and best setting, 'grid 12 (best 6)'."""
+    if row.closed_form:
+        return f"grid {_span(row.epoch_list)} (best {_span(row.best_epoch_list)})"
+    if compact:
+        return f"{_span(row.epoch_list)} ({_span(row.best_epoch_list)})"
+    return f"{row.epoch_list} ({row.best_epoch_list})"
+
+
 def _span(values: str) -> str:
-    """'3 3 3' -> '3'; '31 40 35' -> '31-40' (the range over seeds)."""
-    numbers = [int(float(v)) for v in str(values).split() if v not in ("None", "nan")]
+    """'3 3 3' -> '3'; '31 40 35' -> '31-40' (the range over seeds); '?' where none is known."""
+    numbers = [int(v) for v in str(values).split() if v.isascii() and v.isdigit()]
     if not numbers:
         return "?"
     low, high = min(numbers), max(numbers)

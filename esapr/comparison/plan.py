@@ -8,6 +8,9 @@ beside fast ones); its runs are the same a separate compare of it would train.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,10 +19,57 @@ from esapr.config import (ALL_OPTIONS, Config, build_config, config_differences,
                           readers, template_values)
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
+from esapr.files import lock_holder
+from esapr.options.spec import short
 
 SEED_OPTIONS = ("model_init_seed", "dataloader_random_seed", "train_negative_sampling_seed")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-CLI_HINT = "choose another --experiment_group, or pass --overwrite to train it again"
+KEEPS_DATA = ("reuse", "extend", "resume")      # plans that go on with what a folder holds, on its data
+
+
+@dataclass(frozen=True)
+class Names:
+    """How a message names an argument: ``--overwrite`` on the command line, ``overwrite=True``
+    in the Python API (the words a user can act on where the message is read)."""
+    cli: bool
+
+    def arg(self, name: str) -> str:
+        return f"--{name}" if self.cli else name
+
+    def set(self, name: str, value: Any = True) -> str:
+        """``--overwrite`` / ``overwrite=True``; ``--seeds 0 1 2`` / ``seeds=[0, 1, 2]``."""
+        if self.cli:
+            values = value if isinstance(value, (list, tuple)) else [] if value is True else [value]
+            return " ".join([f"--{name}", *map(str, values)])
+        return f"{name}={list(value) if isinstance(value, tuple) else value!r}"
+
+    @property
+    def hint(self) -> str:
+        return (f"choose another {self.set('experiment_group', 'NAME')}, or pass {self.set('overwrite')} to train "
+                f"it again")
+
+
+CLI, PYTHON = Names(cli=True), Names(cli=False)
+CLI_HINT = CLI.hint
+
+
+class DamagedRun(UserError):
+    """A finished run whose results.json cannot be read as written: compare leaves it out."""
+
+
+def whole(value: Any) -> int | None:
+    """``value`` as an exact whole number (an int, an integral finite float, ASCII digits), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text.removeprefix("-")
+        return int(text) if digits.isascii() and digits.isdigit() else None
+    return None
 
 
 # --- what to do with one experiment folder ---------------------------------------------------------
@@ -43,7 +93,9 @@ def plan_run(config: Config, overwrite: bool = False, hint: str = CLI_HINT) -> R
     UserError naming each option with both values, followed by ``hint``. The epoch limit of a
     model trained by steps may differ: a finished run that hit its old limit is extended to a
     higher one; one that stopped early (or ran exactly the epochs asked) is reused; one asked for
-    fewer epochs than it already ran is refused. A finished closed-form run is reused."""
+    fewer epochs than it already ran is refused. A finished closed-form run is reused. A finished
+    run whose saved files cannot say how far it ran is a DamagedRun; a "running" one whose lock
+    no process holds was interrupted by its process's death."""
     experiment = Experiment(experiment_path(config))
     status = experiment.status()
     plain = config.with_run(resume=False, overwrite=False)
@@ -58,6 +110,8 @@ def plan_run(config: Config, overwrite: bool = False, hint: str = CLI_HINT) -> R
                         f"{describe_differences(changed)}; {hint}")
     if status == "finished":
         return _plan_finished(experiment, saved, plain, hint)
+    if status == "running" and lock_holder(experiment.path) is None:
+        status = "interrupted: its process died"
     if experiment.recent_checkpoint.is_file():
         return RunPlan("resume", plain.with_run(resume=True), f"unfinished ({status}); resuming")
     return RunPlan("overwrite", plain.with_run(overwrite=True),
@@ -65,12 +119,16 @@ def plan_run(config: Config, overwrite: bool = False, hint: str = CLI_HINT) -> R
 
 
 def _plan_finished(experiment: Experiment, saved: dict, config: Config, hint: str) -> RunPlan:
-    """A finished run: reused, or (trained by steps, stopped at a lower limit) extended."""
-    results = experiment.read_results() or {}
-    done = int(results.get("epochs", 0))
+    """A finished run: reused, or (trained by steps, stopped at a lower limit) extended; one whose
+    results.json is damaged is a DamagedRun."""
+    done = count(finished_results(experiment)["epochs"])
     if config.training is None:
         return RunPlan("reuse", config, "finished (closed form)")
-    before, now = int(saved.get("num_epochs", -1)), config.num_epochs
+    limit = saved.get("num_epochs", -1)
+    if isinstance(limit, str) or whole(limit) is None:
+        raise DamagedRun(f"{experiment.config_file}: damaged (num_epochs is {short(limit)}); delete the run's "
+                         f"folder to train it again")
+    before, now = whole(limit), config.num_epochs
     if 0 < now < done:
         raise UserError(f"{experiment.path} holds a finished run of {done} epochs, more than num_epochs {now}; "
                         f"ask for num_epochs {before if before >= done or before < 0 else done} to reuse it, "
@@ -85,6 +143,32 @@ def _plan_finished(experiment: Experiment, saved: dict, config: Config, hint: st
                         f"checkpoint to extend to {now}; {hint}")
     return RunPlan("extend", config.with_run(resume=True),
                    f"finished at num_epochs {done}; extending to {'early stopping' if now < 0 else now}")
+
+
+def finished_results(experiment: Experiment) -> dict:
+    """A finished run's results.json, checked for what compare reads of it (its epochs, a
+    mapping of test metrics); a file that cannot say is a DamagedRun."""
+    path = experiment.path / "results.json"
+    try:
+        results = experiment.read_results()
+    except UserError as error:
+        raise DamagedRun(str(error)) from None
+    fix = "delete the run's folder to train it again"
+    if results is None:
+        raise DamagedRun(f"{path}: missing, though the run says it finished; {fix}")
+    if count(results.get("epochs")) is None:
+        epochs = f"epochs is {short(results['epochs'])}" if "epochs" in results else "no epochs"
+        raise DamagedRun(f"{path}: damaged ({epochs}); {fix}")
+    if not isinstance(results.get("test", {}), dict):
+        raise DamagedRun(f"{path}: damaged (test is {short(results['test'])}); {fix}")
+    return results
+
+
+def count(value: Any) -> int | None:
+    """A number read from a saved file as a count >= 0 (an int or an integral finite float), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return whole(value)
 
 
 # --- the runs of a comparison ------------------------------------------------------------------------
@@ -125,26 +209,26 @@ def cli_values(value: Any) -> list[str]:
     return ["none" if value is None else str(value)]
 
 
-def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None) -> list[Run]:
+def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[str, Any] | None = None,
+              names: Names = CLI) -> list[Run]:
     """Every (template, seed) run, validated before anything is trained. Each template gets the
-    options its family reads; an option that no template reads is refused."""
+    options its family reads; an option that no template reads is refused, and so are two
+    templates whose runs would share folders. ``names``: how messages name the arguments."""
     overrides = {k: v for k, v in (overrides or {}).items() if k not in ("resume", "templates", "overwrite")}
-    templates = list(templates)
-    if not templates:
-        raise UserError("compare needs templates: --templates train_vae train_sas ...")
-    seeds = [_seed(s) for s in seeds]
+    templates = _templates(templates, names)
+    seeds = [_seed(s, names) for s in _listed(seeds, "seeds", "whole numbers", names)]
     if not seeds:
-        raise UserError("compare needs at least one seed: --seeds 0 1 2")
+        raise UserError(f"compare needs at least one seed: {names.set('seeds', [0, 1, 2])}")
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"a seed is named twice in --seeds {' '.join(map(str, seeds))}")
-    limited = [_seed_limit(str(entry), len(seeds)) for entry in templates]
+        raise UserError(f"a seed is named twice in {names.set('seeds', seeds)}")
+    limited = [_seed_limit(entry, len(seeds), names) for entry in templates]
     templates = [template for template, _ in limited]
     if len(set(templates)) != len(templates):
-        raise UserError(f"a template is named twice in --templates {' '.join(map(str, templates))}")
+        raise UserError(f"a template is named twice in {names.set('templates', templates)}")
     for name in ("experiment_name",) + SEED_OPTIONS:
         if name in overrides:
-            raise UserError(f"compare sets {name} itself (from --seeds and the template); drop --{name} "
-                            f"(--experiment_group keeps a comparison apart)")
+            raise UserError(f"compare sets {name} itself (from {names.arg('seeds')} and the template); drop "
+                            f"{names.arg(name)} ({names.arg('experiment_group')} keeps a comparison apart)")
     read = {t: _options_read(t, overrides) for t in templates}
     unread = [name for name in overrides if name in ALL_OPTIONS and not any(name in r for r in read.values())]
     if unread:
@@ -155,21 +239,56 @@ def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[st
                         f"(read by {', '.join(by)}): drop {'them' if several else 'it'}, or add a template that "
                         f"reads {'them' if several else 'it'}")
     runs = []
-    for template, count in limited:
+    for template, n_seeds in limited:
         # an unknown name goes on to build_config, which refuses it with the nearest valid one
         given = {k: v for k, v in overrides.items() if k in read[template] or k not in ALL_OPTIONS}
         base = build_config([template], given)
         stem = base.run.experiment_name
         if base.run.pilot:
             stem = stem.removesuffix("_pilot")      # build_config's default name of a pilot run
-        for seed in seeds[:count]:
+        for seed in seeds[:n_seeds]:
             name = f"{stem}_seed{seed}" + ("_pilot" if base.run.pilot else "")
             options = {**given, "experiment_name": name,
                        **{option: seed for option in SEED_OPTIONS if option in read[template]}}
             config = build_config([template], options)
             values = config.values()
             runs.append(Run(template, seed, config, {k: values[k] for k in options}))
+    _refuse_shared_folders(runs)
     return runs
+
+
+def _listed(value: Any, name: str, kind: str, names: Names) -> list:
+    """A list argument of the Python API as a list (one value as a list of it)."""
+    if isinstance(value, (str, int, os.PathLike)) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{names.arg(name)} expects {kind}, got {short(value)}")
+    return list(value)
+
+
+def _templates(templates: Any, names: Names) -> list[str]:
+    """Template names or .yaml paths, as text."""
+    if templates is None:
+        raise UserError(f"compare needs templates: {names.set('templates', ['train_vae', 'train_sas'])}")
+    entries = _listed(templates, "templates", "template names or .yaml paths", names)
+    if not entries:
+        raise UserError(f"compare needs templates: {names.set('templates', ['train_vae', 'train_sas'])}")
+    for entry in entries:
+        if not isinstance(entry, (str, os.PathLike)) or isinstance(entry, bytes):
+            raise UserError(f"{names.arg('templates')} expects template names or .yaml paths, got {short(entry)}")
+    return [os.fspath(entry) for entry in entries]
+
+
+def _refuse_shared_folders(runs: list[Run]) -> None:
+    """Runs of two templates in one folder would replace each other (``a/vae.yaml``,
+    ``b/vae.yaml``: a run folder is named after the template's file name)."""
+    owner: dict[Path, str] = {}
+    for run in runs:
+        other = owner.setdefault(run.path, run.template)
+        if other != run.template:
+            raise UserError(f"templates {other} and {run.template} would train into the same run folders "
+                            f"({run.path.parent / run.path.name.replace(f'_seed{run.seed}', '_seed*')}); rename "
+                            f"one of the files (a run folder is named after it), or compare them apart")
 
 
 def _options_read(template: str, overrides: dict[str, Any]) -> frozenset[str]:
@@ -179,23 +298,66 @@ def _options_read(template: str, overrides: dict[str, Any]) -> frozenset[str]:
     return frozenset(owners(str(code))) if code is not None else frozenset()
 
 
-def _seed_limit(entry: str, n_seeds: int) -> tuple[str, int]:
+def _seed_limit(entry: str, n_seeds: int, names: Names) -> tuple[str, int]:
     """``train_meantime:1`` -> (train_meantime, 1): a template that runs only the first N of
-    --seeds (a slow model beside fast ones); a bare name runs them all."""
-    template, colon, count = entry.rpartition(":")
-    if not colon or not count.isdigit():     # no count (or a Windows path such as C:\\t.yaml)
+    the seeds (a slow model beside fast ones); a bare name runs them all."""
+    template, colon, n = entry.rpartition(":")
+    if not colon or not n.isnumeric():      # no count (or a Windows path such as C:\\t.yaml)
         return entry, n_seeds
-    if not 1 <= int(count) <= n_seeds:
-        raise UserError(f"--templates {entry}: the number after ':' is how many of the {n_seeds} seeds "
-                        f"{template} runs; allowed: 1 to {n_seeds}")
-    return template, int(count)
+    if not (n.isascii() and 1 <= int(n) <= n_seeds):
+        raise UserError(f"{names.arg('templates')} {entry}: the number after ':' is how many of the {n_seeds} "
+                        f"seeds {template} runs; allowed: 1 to {n_seeds} (digits 0-9)")
+    return template, int(n)
 
 
-def _seed(value: Any) -> int:
-    try:
-        seed = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--seeds expects whole numbers, got '{value}'") from None
+def _seed(value: Any, names: Names) -> int:
+    seed = whole(value) if isinstance(value, (str, numbers.Number)) else None
+    if seed is None:
+        raise UserError(f"{names.arg('seeds')} expects whole numbers, got {short(value)}")
     if seed < 0:
-        raise UserError(f"--seeds expects numbers >= 0, got {seed}")
+        raise UserError(f"{names.arg('seeds')} expects numbers >= 0, got {seed}")
     return seed
+
+
+# --- the data a kept run was trained on ------------------------------------------------------------------
+class Planner:
+    """What each run does with its folder (``plan_run``), where a run that is kept (reused,
+    extended or resumed) must have been trained on the data the comparison trains on now: the
+    data is prepared once per distinct data options (from the cache) and its fingerprint
+    compared with the one the run recorded. A finished run whose results are damaged is planned
+    as ``damaged`` and left out."""
+
+    def __init__(self, overwrite: bool = False, names: Names = CLI):
+        self.overwrite, self.names = overwrite, names
+        self._fingerprints: dict[str, str] = {}
+
+    def __call__(self, run: Run, overwrite: bool | None = None) -> RunPlan:
+        try:
+            plan = plan_run(run.config, self.overwrite if overwrite is None else overwrite, self.names.hint)
+        except DamagedRun as error:
+            return RunPlan("damaged", run.config, str(error))
+        if plan.action in KEEPS_DATA:
+            self.check_data(run)
+        return plan
+
+    def check_data(self, run: Run) -> None:
+        saved = Experiment(run.path).read_config().get("data_fingerprint")
+        if saved is None:            # a run of a version that recorded none
+            return
+        now = self.fingerprint(run.config)
+        if saved != now:
+            raise UserError(f"{run.path} was trained on other data (fingerprint {saved}, now {now}): the data "
+                            f"file or a data option changed since; pass {self.names.set('overwrite')} to train it "
+                            f"again, or choose another {self.names.set('experiment_group', 'NAME')}")
+
+    def fingerprint(self, config: Config) -> str:
+        """The fingerprint of the data ``config`` trains on (what ``PreparedData.fingerprint`` hashes:
+        the data options and the family's training negatives)."""
+        from esapr.data.prepare import prepare_data
+        pool = config.negative_pool
+        key = repr((config.data, None if pool is None else (pool.train_negative_sampler_code,
+                                                            pool.train_negative_sample_size,
+                                                            pool.train_negative_sampling_seed)))
+        if key not in self._fingerprints:
+            self._fingerprints[key] = prepare_data(config).fingerprint
+        return self._fingerprints[key]

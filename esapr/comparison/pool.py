@@ -1,27 +1,38 @@
 """Carrying out a comparison's plans: one run after another in this process, or ``jobs``
 ``esapr train`` subprocesses at once (each with a share of the cores and its own log); what each
-run's folder shows afterwards. A failed run is recorded and the others go on."""
+run's folder shows afterwards. A failed run is recorded and the others go on.
+
+A run that another process is training (its folder's lock is held) is waited for, then planned
+again (usually: reused), so two compares of the same runs share the work instead of failing each
+other's runs. On Linux each ``esapr train`` child stops (as interrupted, resumable) when the
+compare that started it dies, even by SIGKILL.
+"""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from esapr.comparison.plan import Run, RunPlan
+from esapr.comparison.plan import DamagedRun, Run, RunPlan, count, finished_results, plan_run
 from esapr.errors import UserError, first_line
 from esapr.experiment import Experiment
+from esapr.files import lock_holder, refuse_links
 
 DONE = {"start": "trained", "resume": "resumed", "extend": "extended", "overwrite": "overwritten", "reuse": "reused"}
+BUSY = "is in use by another esapr process"      # FolderLock's refusal: another process took the run first
+POLL_SECONDS = 1.0                                # how often a run held by another process is looked at
+PR_SET_PDEATHSIG = 1                              # linux/prctl.h
 
 
 @dataclass
 class RunOutcome:
-    """What one run is after this call. ``state``: finished | failed | pilot | running |
+    """What one run is after this call. ``state``: finished | failed | damaged | pilot | running |
     interrupted | missing | needs more epochs; only ``finished`` runs enter the table."""
     template: str
     seed: int
@@ -32,10 +43,16 @@ class RunOutcome:
     results: dict | None = None
     capped: bool = False          # reached num_epochs before early stopping
     note: str = ""
+    closed_form: bool = False     # fitted in closed form: every seed gives the same run
 
     @property
     def included(self) -> bool:
         return self.state == "finished"
+
+    @property
+    def problem(self) -> bool:
+        """A run this call could not train or read (the command's exit status says so)."""
+        return self.state in ("failed", "damaged")
 
     def describe(self) -> str:
         return f"{self.path.name} ({self.state}{': ' + self.note if self.note else ''})"
@@ -44,102 +61,208 @@ class RunOutcome:
 def read_outcome(run: Run, action: str = "none", seconds: float = 0.0, note: str = "",
                  plan: RunPlan | None = None) -> RunOutcome:
     """The run's state as its folder shows it (``plan``: an aggregation without training, where
-    a run still to extend is not the run asked for)."""
+    a run still to extend is not the run asked for). A run whose status says "running" but whose
+    lock no process holds was interrupted by its process's death."""
     experiment = Experiment(run.path)
     status = experiment.status()
-    result = RunOutcome(run.template, run.seed, run.path, "missing", action, seconds, note=note)
+    result = RunOutcome(run.template, run.seed, run.path, "missing", action, seconds, note=note,
+                        closed_form=run.config.training is None)
+    if plan is not None and plan.action == "damaged":
+        result.state, result.note = "damaged", plan.reason
+        return result
     if status is None:
         result.state = "failed" if note else "missing"
         result.note = note or "not trained yet"
         return result
     if status != "finished":
         result.state = "failed" if note else status
+        if status == "running" and not note:
+            holder = lock_holder(run.path)
+            result.state, result.note = ("running", f"by {holder}") if holder else ("interrupted", "its process died")
         return result
     if plan is not None and plan.action == "extend":
         result.state, result.note = "needs more epochs", plan.reason
         return result
-    result.results = experiment.read_results() or {}
+    try:
+        result.results = finished_results(experiment)
+    except DamagedRun as error:
+        result.state, result.note = "damaged", str(error)
+        return result
     saved = experiment.read_config()
     pilot = saved.get("pilot") and not run.config.run.pilot       # a pilot compare shows pilots
     result.state = "pilot" if pilot else "finished"
     limit = run.config.num_epochs
-    result.capped = limit > 0 and int(result.results.get("epochs", 0)) >= limit
+    result.capped = limit > 0 and count(result.results["epochs"]) >= limit
     return result
-
-
-def train_planned(plan: RunPlan, progress: Any = "auto") -> dict:
-    """Carry out a plan in this process; the results (reused: read from the folder)."""
-    if plan.action == "reuse":
-        return Experiment(plan.path).read_results() or {}
-    from esapr.training.trainer import train
-    return train(plan.config, progress=progress)
 
 
 def _threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def run_all(runs: list[Run], plans: list[RunPlan], jobs: int = 1, progress: Any = "auto",
-            log_folder: Path | None = None, say=print) -> list[RunOutcome]:
+class _Waits:
+    """Runs whose folder another process holds: said once each, looked at every POLL_SECONDS."""
+
+    def __init__(self, say):
+        self.say, self._told, self._looked = say, set(), {}
+
+    def held(self, i: int, run: Run) -> bool:
+        """Whether another process holds the run's folder now (said the first time)."""
+        self._looked[i] = time.monotonic()
+        holder = lock_holder(run.path)
+        if holder and i not in self._told:
+            self._told.add(i)
+            self.say(f"[waiting] {run.template} seed {run.seed}: {run.path} is being trained by another esapr "
+                     f"process ({holder}); waiting for it, then using what it leaves")
+        return holder is not None
+
+    def due(self, i: int) -> bool:
+        return time.monotonic() - self._looked.get(i, 0.0) >= POLL_SECONDS
+
+
+def run_all(runs: list[Run], plans: list[RunPlan], jobs: int = 1, progress: Any = "auto", say=print,
+            replan: Callable[[Run], RunPlan] | None = None) -> list[RunOutcome]:
     """Train what the plans ask: in this process one after another (jobs 1), or as ``jobs``
     ``esapr train`` subprocesses at once, each with cores // jobs threads and its output in
-    ``log_folder/<group>-<run>.log``. A failed run is recorded and the others go on."""
+    ``<group>/compare_logs/<run>.<pid>.log`` (this process's own file). A run another process
+    is training is waited for and then planned again by ``replan`` (default: ``plan_run``). A
+    failed run is recorded and the others go on."""
+    replan = replan or (lambda run: plan_run(run.config))
+    plans = list(plans)
     outcomes: dict[int, RunOutcome] = {}
     todo = []
     for i, (run, plan) in enumerate(zip(runs, plans)):
-        if plan.action == "reuse":
-            outcomes[i] = read_outcome(run, "reused")
+        if plan.action in ("reuse", "damaged"):
+            outcomes[i] = read_outcome(run, "reused" if plan.action == "reuse" else "none", plan=plan)
         else:
             todo.append(i)
+    waits = _Waits(say)
     if jobs <= 1:
         for n, i in enumerate(todo, 1):
-            run, plan = runs[i], plans[i]
-            say(f"[{n}/{len(todo)}] {run.template} seed {run.seed}: {plan.reason} -> {run.path}")
-            start = time.perf_counter()
-            note = ""
-            try:
-                train_planned(plan, progress)
-            except (KeyboardInterrupt, UserError):   # bad input is the same for every run: stop
-                raise
-            except Exception as error:    # one failed run (out of memory, NaN, ...) must not end the comparison
-                note = first_line(error)
-                say(f"    failed: {note}")
-            outcomes[i] = read_outcome(run, DONE[plan.action], time.perf_counter() - start, note)
+            outcomes[i] = _run_here(runs[i], plans[i], f"[{n}/{len(todo)}]", progress, say, replan, waits, i)
         return [outcomes[i] for i in range(len(runs))]
-    log_folder = Path(log_folder or tempfile.mkdtemp(prefix="esapr-compare-"))
-    log_folder.mkdir(parents=True, exist_ok=True)
+    return _run_children(runs, plans, todo, outcomes, jobs, say, replan, waits)
+
+
+def _run_here(run: Run, plan: RunPlan, label: str, progress: Any, say, replan, waits: _Waits, i: int) -> RunOutcome:
+    """One run in this process: waited for while another process holds it, then trained."""
+    again = False           # another process took the run between our look and our start
+    while True:
+        if waits.held(i, run) or again:
+            while waits.held(i, run):
+                time.sleep(POLL_SECONDS)
+            plan = replan(run)
+        if plan.action in ("reuse", "damaged"):
+            return read_outcome(run, "reused" if plan.action == "reuse" else "none", plan=plan)
+        say(f"{label} {run.template} seed {run.seed}: {plan.reason} -> {run.path}")
+        start = time.perf_counter()
+        note = ""
+        try:
+            from esapr.training.trainer import train
+            train(plan.config, progress=progress)
+        except KeyboardInterrupt:
+            raise
+        except UserError as error:      # bad input is the same for every run: stop; unless another process took it
+            again = _taken(run, str(error), replan)
+            if again:
+                continue
+            raise
+        except Exception as error:    # one failed run (out of memory, NaN, ...) must not end the comparison
+            note = first_line(error)
+            say(f"    failed: {note}")
+        return read_outcome(run, DONE[plan.action], time.perf_counter() - start, note)
+
+
+def _taken(run: Run, error: str, replan) -> bool:
+    """Whether a run failed only because another process took it: it holds the folder now (or
+    held it when ours started), or it finished the run meanwhile (planned again, it is reused)."""
+    if BUSY in error or lock_holder(run.path) is not None:
+        return True
+    try:
+        return replan(run).action == "reuse"
+    except UserError:
+        return False
+
+
+def _run_children(runs: list[Run], plans: list[RunPlan], todo: list[int], outcomes: dict[int, RunOutcome],
+                  jobs: int, say, replan, waits: _Waits) -> list[RunOutcome]:
+    """The runs of ``todo`` as ``jobs`` ``esapr train`` subprocesses at once."""
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_job(jobs)),
            "MKL_NUM_THREADS": str(_threads_per_job(jobs)), "PYTHONWARNINGS": "ignore"}
-    waiting, active = list(todo), {}
+    stop_with_parent = _stop_with_parent()
+    waiting, held, active = list(todo), [], {}
     try:
-        while waiting or active:
+        while waiting or held or active:
+            for i in [i for i in held if waits.due(i) and not waits.held(i, runs[i])]:
+                held.remove(i)
+                plans[i] = replan(runs[i])
+                waiting.insert(0, i)
             while waiting and len(active) < jobs:
                 i = waiting.pop(0)
                 run, plan = runs[i], plans[i]
-                log = log_folder / f"{run.path.parent.name}-{run.name}.log"
-                handle = open(log, "w")
+                if plan.action in ("reuse", "damaged"):
+                    outcomes[i] = read_outcome(run, "reused" if plan.action == "reuse" else "none", plan=plan)
+                    continue
+                if waits.held(i, run):
+                    held.append(i)
+                    continue
+                log = _open_log(run)
                 argv = [sys.executable, "-m", "esapr", *run.command(plan)[1:]]
-                process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env)
-                active[i] = (process, handle, log, time.perf_counter())
-                say(f"[started] {run.template} seed {run.seed}: {plan.reason} (log {log})")
+                process = subprocess.Popen(argv, stdout=log[1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env, start_new_session=True, preexec_fn=stop_with_parent)
+                active[i] = (process, *log, time.perf_counter())
+                say(f"[started] {run.template} seed {run.seed}: {plan.reason} (log {log[0]})")
             time.sleep(0.2)
-            for i, (process, handle, log, start) in list(active.items()):
+            for i, (process, log, handle, start) in list(active.items()):
                 if process.poll() is None:
                     continue
                 handle.close()
                 del active[i]
                 run, plan = runs[i], plans[i]
                 note = "" if process.returncode == 0 else _last_error(log, process.returncode)
+                if note and _taken(run, note, replan):
+                    held.append(i)          # waited for (if still held), planned again, then reused
+                    continue
                 outcomes[i] = read_outcome(run, DONE[plan.action], time.perf_counter() - start, note)
                 say(f"[{'done' if not note else 'failed'}] {run.template} seed {run.seed} "
                     f"in {outcomes[i].seconds:.0f} s{': ' + note if note else ''}")
     finally:
-        for process, handle, _, _ in active.values():   # interrupted: stop the runs this call started
+        for process, _, handle, _ in active.values():   # interrupted: stop the runs this call started
             process.terminate()
             process.wait()
             handle.close()
     return [outcomes[i] for i in range(len(runs))]
+
+
+def _open_log(run: Run) -> tuple[Path, Any]:
+    """This process's log of one run, ``<group>/compare_logs/<run>.<pid>.log`` (its own file:
+    two compares never write one log); never through a planted link."""
+    folder = run.path.parent / "compare_logs"
+    log = folder / f"{run.name}.{os.getpid()}.log"
+    refuse_links(run.path.parent, folder, log)
+    folder.mkdir(parents=True, exist_ok=True)
+    refuse_links(folder)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    return log, os.fdopen(fd, "w")
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``): a SIGKILLed compare leaves no run training unsupervised; each
+    stops as interrupted and the next compare resumes it. None where prctl is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:      # the parent died before prctl: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
 
 
 def _last_error(log: Path, code: int) -> str:
