@@ -50,10 +50,10 @@ def synthetic_data(size: str, config, seed: int = 0) -> PreparedData:
     items = rng.choice(n_items, size=len(users), p=popularity / popularity.sum())
     raw = RawInteractions(users, items, np.arange(len(users), dtype=np.int64))
     seqs = build_sequences(raw, 0, 0, 5)
-    train_negatives = None
-    if config.train_negative_sample_size > 0:
-        train_negatives = sample_negatives(seqs, config.train_negative_sampler_code, config.train_negative_sample_size,
-                                           config.train_negative_sampling_seed)
+    train_negatives, pool = None, config.negative_pool
+    if pool is not None:
+        train_negatives = sample_negatives(seqs, pool.train_negative_sampler_code, pool.train_negative_sample_size,
+                                           pool.train_negative_sampling_seed)
     return PreparedData(seqs, sample_negatives(seqs, "popular", 100, 98765), train_negatives,
                         Path(tempfile.mkdtemp()), size)
 
@@ -70,7 +70,7 @@ def sync(device):
 
 
 def val_batches(trainer: Trainer) -> int:
-    return -(-trainer.data.sequences.n_users // trainer.config.val_batch_size)
+    return -(-trainer.data.sequences.n_users // trainer.config.evaluation.val_batch_size)
 
 
 def time_esapr(trainer: Trainer, max_batches: int | None) -> dict:
@@ -96,15 +96,16 @@ def time_esapr(trainer: Trainer, max_batches: int | None) -> dict:
     sync(device)
     batches_s = (time.perf_counter() - start) * total / done
     return {"train_s": train_s * total / done, "val_s": val_s, "batches": total, "extrapolated": done < total,
-            "examples_per_s": done * trainer.config.train_batch_size / train_s, "batch_building_s": batches_s}
+            "examples_per_s": done * trainer.config.training.train_batch_size / train_s, "batch_building_s": batches_s}
 
 
 class OriginalTrainSet(torch.utils.data.Dataset):
-    """The original's per-example loaders (reference.md §3.3-3.5), run in the main process
+    """The original's per-example loaders (docs/original.md §3.3-3.5), run in the main process
     (num_workers 0, its template value) with a Python RNG, as it did."""
 
     def __init__(self, trainer: Trainer):
-        b, self.config, self.seqs = trainer.batches, trainer.config, trainer.data.sequences
+        b, self.options, self.seqs = trainer.batches, trainer.config.model, trainer.data.sequences
+        self.code = trainer.config.run.model_code
         self.users, self.ends = b.train_users.cpu().numpy(), b.train_ends.cpu().numpy()
         self.pool = trainer.data.train_negatives
         self.rng = random.Random(0)
@@ -116,21 +117,21 @@ class OriginalTrainSet(torch.utils.data.Dataset):
         return self.seqs.items[max(self.seqs.offsets[user], end - length): end].tolist()
 
     def __getitem__(self, i):
-        user, end, n = self.users[i], self.ends[i], self.config.max_len
-        if self.config.model_code == "vae":  # a dense (I+1) vector per example, weights recomputed
+        user, end, n = self.users[i], self.ends[i], self.options.max_len
+        if self.code == "vae":  # a dense (I+1) vector per example, weights recomputed
             label = torch.zeros(n, dtype=torch.long)
             window = self.window(user, end, n)
             label[-len(window):] = torch.tensor(window)
             bag = torch.zeros(self.seqs.n_items + 1)
-            weight = original_weights(n, self.config.weight_constant)
+            weight = original_weights(n, self.options.weight_constant)
             bag[label[:-1]] += weight[:-1]
             return {"bag": bag, "label": label}
-        if self.config.model_code == "bert":  # masking token by token
+        if self.code == "bert":  # masking token by token
             tokens, labels = [], []
             for item in self.window(user, end, n):
                 u = self.rng.random()
-                if u < self.config.mask_prob:
-                    u /= self.config.mask_prob
+                if u < self.options.mask_prob:
+                    u /= self.options.mask_prob
                     tokens.append(self.seqs.n_items + 1 if u < 0.8 else
                                   self.rng.randint(1, self.seqs.n_items) if u < 0.9 else item)
                     labels.append(item)
@@ -168,25 +169,25 @@ def left_pad(values: list[int], n: int) -> torch.Tensor:
 
 def original_eval_batch(trainer: Trainer, users: range) -> dict:
     """Validation inputs built user by user on the host, as the original's eval datasets."""
-    config, seqs = trainer.config, trainer.data.sequences
-    n, rows, labels, cands = config.max_len, [], [], []
+    options, code, seqs = trainer.config.model, trainer.config.run.model_code, trainer.data.sequences
+    n, rows, labels, cands = options.max_len, [], [], []
     for u in users:
         answer_at = seqs.offsets[u + 1] - 2
         start = seqs.offsets[u]
-        if config.model_code == "vae":
+        if code == "vae":
             window = seqs.items[max(start, answer_at + 1 - n): answer_at + 1].tolist()
             label = left_pad(window, n)
             bag = torch.zeros(seqs.n_items + 1)
-            bag[label[:-1]] += original_weights(n, config.weight_constant)[:-1]
+            bag[label[:-1]] += original_weights(n, options.weight_constant)[:-1]
             rows.append(bag)
             labels.append(label)
-        elif config.model_code == "bert":
+        elif code == "bert":
             window = seqs.items[max(start, answer_at + 1 - n): answer_at + 1].tolist()
             rows.append(left_pad(window[:-1] + [seqs.n_items + 1], n))
         else:
             rows.append(left_pad(seqs.items[max(start, answer_at - n): answer_at].tolist(), n))
         cands.append(torch.as_tensor(np.concatenate([[seqs.items[answer_at]], trainer.data.test_negatives[u]])))
-    batch = {"bag" if config.model_code == "vae" else "tokens": torch.stack(rows), "candidates": torch.stack(cands).long()}
+    batch = {"bag" if code == "vae" else "tokens": torch.stack(rows), "candidates": torch.stack(cands).long()}
     if labels:
         batch["label"] = torch.stack(labels)
     return typed_batch(batch, trainer.device)
@@ -211,7 +212,8 @@ def time_original(trainer: Trainer, max_batches: int | None) -> dict:
     """Same model, optimizer and precision (``Trainer.step``); the original's host-side loaders
     and CPU metrics."""
     config, device, model = trainer.config, trainer.device, trainer.model
-    loader = torch.utils.data.DataLoader(OriginalTrainSet(trainer), batch_size=config.train_batch_size,
+    batch_size, val_batch_size = config.training.train_batch_size, config.evaluation.val_batch_size
+    loader = torch.utils.data.DataLoader(OriginalTrainSet(trainer), batch_size=batch_size,
                                          shuffle=True, drop_last=True)
     model.train()
     sync(device)
@@ -237,14 +239,14 @@ def time_original(trainer: Trainer, max_batches: int | None) -> dict:
     val_total = val_batches(trainer)
     val_done = val_total if max_batches is None else min(max_batches, val_total)
     with torch.no_grad():
-        for first in range(0, val_done * config.val_batch_size, config.val_batch_size):
-            batch = original_eval_batch(trainer, range(first, min(first + config.val_batch_size, n_users)))
-            original_metrics(model.candidate_scores(batch), config.metric_ks)
+        for first in range(0, val_done * val_batch_size, val_batch_size):
+            batch = original_eval_batch(trainer, range(first, min(first + val_batch_size, n_users)))
+            original_metrics(model.candidate_scores(batch), config.evaluation.metric_ks)
     sync(device)
     val_s = (time.perf_counter() - start) * val_total / val_done
     return {"train_s": train_s, "val_s": val_s, "batches": len(loader),
             "extrapolated": max_batches is not None and max_batches < len(loader),
-            "examples_per_s": config.train_batch_size * len(loader) / max(1e-9, train_s), "batch_building_s": batches_s}
+            "examples_per_s": batch_size * len(loader) / max(1e-9, train_s), "batch_building_s": batches_s}
 
 
 def main() -> None:
@@ -268,7 +270,7 @@ def main() -> None:
              "interactions": data.sequences.n_interactions}
     device = trainer.device_name()
     result = {"what": f"{args.family} epoch (esapr)", "size": args.size, **shape, "device": device,
-              "precision": trainer.precision.name, "compile": config.compile,
+              "precision": trainer.precision.name, "compile": config.run.compile,
               **time_esapr(trainer, args.max_batches), **peak_memory(trainer.device), "host_mb_before_training": before}
     print(json.dumps(result), flush=True)
     if args.baseline and args.family in ORIGINAL_LOADERS:

@@ -17,22 +17,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from esapr.commands import load_experiment_config  # noqa: E402
 from esapr.data.prepare import prepare_data  # noqa: E402
 from esapr.experiment import Experiment  # noqa: E402
-from esapr.training.trainer import Evaluation, Trainer  # noqa: E402
+from esapr.training.evaluator import Evaluation, load_run  # noqa: E402
 
 TOLERANCE = 1e-4
 LOW_PRECISION = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def evaluate(path: Path, device: str, split: str, autocast: str | None = None) -> Evaluation:
-    config = load_experiment_config(path, device=device)
-    trainer = Trainer(config, prepare_data(config), progress=False)
-    trainer.load_best(Experiment(path))
-    context = torch.autocast(trainer.device.type, dtype=LOW_PRECISION[autocast]) if autocast else nullcontext()
+    experiment = Experiment(path)
+    config = experiment.run_config(device=device)
+    run = load_run(experiment, config, prepare_data(config))
+    context = torch.autocast(run.device.type, dtype=LOW_PRECISION[autocast]) if autocast else nullcontext()
     with context:
-        return trainer.evaluate(split)
+        return run.evaluate(split)
 
 
 def compare(a: Evaluation, b: Evaluation) -> dict:

@@ -67,7 +67,7 @@ def main() -> None:
         start = time.perf_counter()
         trainer.train_epoch(epoch)
         epoch_s = min(epoch_s, time.perf_counter() - start)
-    hidden = (config.encoder_hidden_layer or [config.encode_len])[0]
+    hidden = (config.model.encoder_hidden_layer or [config.model.encode_len])[0]
     floor_s = output_layer_seconds(sizes, hidden, trainer.data.sequences.n_items + 1, args.repeats)
     print(json.dumps({"what": "VAE training epoch vs its output-layer floor", "templates": args.templates,
                       "data": args.size or args.data_file,

@@ -278,7 +278,7 @@ def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
 # run do not depend on it), and may find the data elsewhere (its fingerprint is checked)
 RESUME_EPOCHS, RESUME_DATA = frozenset({"num_epochs"}), frozenset({"data_file", "data_url"})
 # run-only options a resume keeps from the saved run unless the request names them
-RESUME_NAMING = frozenset({"templates", "model_label"})
+RESUME_NAMING = frozenset({"templates", "model_label", "metric_ks"})
 
 
 def given_options(templates: list[str], overrides: dict[str, Any]) -> frozenset[str]:

@@ -1,5 +1,5 @@
 """BERT4Rec, SASRec, TiSASRec, MEANTIME and MARank: the fast parts equal straightforward
-re-statements of reference.md §4 (materialised [B, T, T, H] tensors), causality, edge cases,
+re-statements of docs/original.md §4 (materialised [B, T, T, H] tensors), causality, edge cases,
 learning on synthetic data, and every template through the CLI."""
 import json
 import math
@@ -24,6 +24,7 @@ from esapr.models.dropout import dropout
 from esapr.models.meantime import MixedAttention, RelativeKernels
 from esapr.models.tisasrec import TimeIntervalAttention, TimeIntervals
 from esapr.training.trainer import train
+from tests.conftest import tiny
 from tests.synthetic import write_ratings_csv
 
 INFO = DataInfo(n_users=12, n_items=30, n_days=80)
@@ -31,9 +32,8 @@ TEMPLATES = ["train_bert", "train_sas", "train_tisas", "train_meantime", "train_
 
 
 def tiny_config(template, **overrides):
-    options = dict(hidden_units=16, max_len=10, dropout=0.0, num_heads=2)
-    options.update(overrides)
-    return build_config([template], options)
+    """The family's tiny model (max_len 10: ``random_batch``'s windows), without dropout unless asked."""
+    return build_config([template], tiny(template, **{"dropout": 0.0, **overrides}))
 
 
 def random_batch(b=5, t=10, n_items=30, seed=0, min_len=1):
@@ -268,7 +268,7 @@ def test_length_groups_cover_every_row_once_with_their_length():
 
 @pytest.mark.parametrize("template", ["train_sas", "train_tisas"])
 def test_sas_models_are_causal(template):
-    m = model(template, dropout=0.0).eval()
+    m = model(template, dropout=0.0, num_blocks=2).eval()       # a later block must not leak either
     batch = random_batch(b=4, seed=5)
     changed = replace(batch, tokens=batch.tokens.clone(), timestamps=batch.timestamps.clone())
     changed.tokens[:, 6:] = torch.randint(1, 31, (4, 4))
@@ -376,8 +376,8 @@ def test_meantime_num_heads_is_heads_per_kernel():
 
 # --- learning on synthetic data -----------------------------------------------------------------------
 
-LEARN = dict(max_len=20, hidden_units=16, val_batch_size=128, test_batch_size=128, test_negative_sample_size=20,
-             train_negative_sample_size=20, device="cpu", saturation_wait_epochs=100, dropout=0.1, full_ranking=False)
+LEARN = dict(max_len=20, val_batch_size=128, test_batch_size=128, saturation_wait_epochs=100, dropout=0.1,
+             full_ranking=False)
 # few optimizer steps per epoch, so that epoch 1 is still far from what training reaches
 PER_MODEL = {
     "train_bert": dict(train_window=1, train_batch_size=64, lr=0.01, num_epochs=7, hidden_units=32),
@@ -388,13 +388,12 @@ PER_MODEL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_every_model_learns_a_synthetic_sequence(tmp_path, template):
     """Users walk an item cycle (tests/synthetic.py): validation NDCG@10 must rise clearly."""
     data_file = write_ratings_csv(tmp_path / "ratings.csv")
-    options = dict(LEARN, data_file=str(data_file), local_data_folder=str(tmp_path / "data"),
-                   experiment_root=str(tmp_path / "runs"))
-    options.update(PER_MODEL[template])
+    options = tiny(template, data_file, **LEARN, **PER_MODEL[template], experiment_root=str(tmp_path / "runs"))
     results = train(build_config([template], options), progress=False)
     val = Experiment(Path(results["experiment"])).read_table("val_log")
     first, best = float(val[0]["NDCG@10"]), max(float(r["NDCG@10"]) for r in val)
@@ -402,6 +401,7 @@ def test_every_model_learns_a_synthetic_sequence(tmp_path, template):
     assert results["test"]["NDCG@10"] > 0.3, results["test"]    # 21 candidates: chance is about 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_template_runs_through_the_cli(tmp_path, template):
     data_file = write_ratings_csv(tmp_path / "ratings.csv", n_users=60)

@@ -1,5 +1,5 @@
 """BERT / SAS / TiSAS / MARank batches built on the device, checked against slow per-example
-constructions written from reference.md §3.3-3.4."""
+constructions written from docs/original.md §3.3-3.4."""
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,6 +11,7 @@ from esapr.data.batches.bert import BertBatches, MeantimeBatches
 from esapr.data.batches.sas import MarankBatches, SasBatches, TisasBatches, rescaled_timestamps
 from esapr.data.sequences import Sequences
 from esapr.errors import UserError
+from tests.conftest import tiny
 
 CPU = torch.device("cpu")
 
@@ -31,11 +32,13 @@ def make_data(lengths, n_items=30, pool=7, seed=0, timestamps=None):
     return SimpleNamespace(sequences=seqs, test_negatives=test_negatives, train_negatives=train_negatives)
 
 
-def config(template, **overrides):
-    base = dict(max_len=8, train_window=3, train_batch_size=4, val_batch_size=3, test_batch_size=3,
-                hidden_units=8, mask_prob=0.3)
-    base.update(overrides)
-    return build_config([template], base)
+def builder_of(cls, data, template, **overrides):
+    """``cls`` over ``data`` with the template's tiny preset, small windows and batches, then
+    ``overrides``: the family's own options and the evaluation and training groups, as the trainer
+    builds it."""
+    small = dict(max_len=8, train_window=3, train_batch_size=4, val_batch_size=3, test_batch_size=3)
+    config = build_config([template], tiny(template, **{**small, **overrides}))
+    return cls(data, config.model, config.evaluation, CPU, config.training)
 
 
 def user_items(data, user):
@@ -57,8 +60,8 @@ def left_pad(values, length):
 
 def test_bert_masking_statistics_and_labels():
     data = make_data([60] * 40, n_items=50)
-    cfg = config("train_bert", max_len=50, train_window=10, train_batch_size=64, mask_prob=0.3)
-    builder = BertBatches(data, cfg, CPU)
+    builder = builder_of(BertBatches, data, "train_bert", max_len=50, train_window=10, train_batch_size=64,
+                         mask_prob=0.3)
     mask_token = builder.n_items + 1
     picked = total = 0
     counts = np.zeros(3)
@@ -83,8 +86,7 @@ def test_bert_masking_statistics_and_labels():
 
 def test_bert_train_windows_match_reference():
     data = make_data([3, 12, 20, 9], n_items=25)
-    cfg = config("train_bert", max_len=8, train_window=3)
-    builder = BertBatches(data, cfg, CPU)
+    builder = builder_of(BertBatches, data, "train_bert", max_len=8, train_window=3)
     users, ends = builder.train_users, builder.train_ends
     batch = builder.train_batch(users, ends, builder.generator(1))
     for row, (u, end) in enumerate(zip(users.tolist(), ends.tolist())):
@@ -99,20 +101,18 @@ def test_bert_train_windows_match_reference():
 
 def test_bert_batches_are_reproducible_from_the_seed():
     data = make_data([30] * 10)
-    cfg = config("train_bert", max_len=20)
-    a = list(BertBatches(data, cfg, CPU).train_batches(3))
-    b = list(BertBatches(data, cfg, CPU).train_batches(3))
-    c = list(BertBatches(data, cfg, CPU).train_batches(4))
+    a = list(builder_of(BertBatches, data, "train_bert", max_len=20).train_batches(3))
+    b = list(builder_of(BertBatches, data, "train_bert", max_len=20).train_batches(3))
+    c = list(builder_of(BertBatches, data, "train_bert", max_len=20).train_batches(4))
     assert all(torch.equal(x.tokens, y.tokens) and torch.equal(x.labels, y.labels) for x, y in zip(a, b))
     assert not all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, c))
-    other = list(BertBatches(data, config("train_bert", max_len=20, dataloader_random_seed=5), CPU).train_batches(3))
+    other = list(builder_of(BertBatches, data, "train_bert", max_len=20, dataloader_random_seed=5).train_batches(3))
     assert not all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, other))
 
 
 def test_bert_eval_masks_the_answer_and_keeps_its_time():
     data = make_data([5, 14, 9], n_items=20)
-    cfg = build_config(["train_meantime"], dict(max_len=6, val_batch_size=10, test_batch_size=10))
-    builder = MeantimeBatches(data, cfg, CPU)
+    builder = builder_of(MeantimeBatches, data, "train_meantime", max_len=6, val_batch_size=10, test_batch_size=10)
     days = data.sequences.days
     for split, back in (("val", 2), ("test", 1)):
         batch = next(builder.eval_batches(split))
@@ -128,7 +128,7 @@ def test_bert_eval_masks_the_answer_and_keeps_its_time():
 
 
 def test_bert_without_extra_inputs_outputs_none():
-    builder = BertBatches(make_data([10, 10]), config("train_bert"), CPU)
+    builder = builder_of(BertBatches, make_data([10, 10]), "train_bert")
     batch = next(builder.train_batches(1))
     assert batch.timestamps is None and batch.days is None and batch.negatives is None
 
@@ -137,8 +137,7 @@ def test_bert_without_extra_inputs_outputs_none():
 
 def test_sas_train_shift_and_negatives_from_the_pool():
     data = make_data([3, 12, 20, 9, 4], n_items=25, pool=6)
-    cfg = config("train_sas", max_len=8, train_window=3)
-    builder = SasBatches(data, cfg, CPU)
+    builder = builder_of(SasBatches, data, "train_sas", max_len=8, train_window=3)
     users, ends = builder.train_users, builder.train_ends
     batch = builder.train_batch(users, ends, builder.generator(1))
     for row, (u, end) in enumerate(zip(users.tolist(), ends.tolist())):
@@ -155,7 +154,7 @@ def test_sas_train_shift_and_negatives_from_the_pool():
 def test_sas_negatives_are_uniform_over_the_pool():
     data = make_data([40], n_items=30, pool=5)
     data.train_negatives = np.array([[1, 2, 3, 4, 5]])
-    builder = SasBatches(data, config("train_sas", max_len=30, train_window=0, train_batch_size=1), CPU)
+    builder = builder_of(SasBatches, data, "train_sas", max_len=30, train_window=0, train_batch_size=1)
     draws = torch.cat([next(builder.train_batches(e)).negatives.flatten() for e in range(1, 200)])
     counts = torch.bincount(draws[draws > 0], minlength=6)[1:].double()
     assert counts.sum() == 199 * 30  # 38 training items, windows of 31 -> 30 labels
@@ -164,7 +163,7 @@ def test_sas_negatives_are_uniform_over_the_pool():
 
 def test_sas_eval_excludes_the_answer():
     data = make_data([5, 14, 9], n_items=20)
-    builder = TisasBatches(data, config("train_tisas", max_len=6, val_batch_size=10, test_batch_size=10), CPU)
+    builder = builder_of(TisasBatches, data, "train_tisas", max_len=6, val_batch_size=10, test_batch_size=10)
     rescaled = rescaled_timestamps(data.sequences.offsets, data.sequences.timestamps)
     for split, back in (("val", 2), ("test", 1)):
         batch = next(builder.eval_batches(split))
@@ -179,12 +178,12 @@ def test_sas_eval_excludes_the_answer():
 
 def test_sas_needs_a_training_pool():
     with pytest.raises(UserError, match="train_negative_sample_size"):
-        config("train_sas", train_negative_sample_size=0)
+        build_config(["train_sas"], tiny("train_sas", train_negative_sample_size=0))
 
 
 def test_tisas_train_timestamps_follow_the_tokens():
     data = make_data([3, 12, 20], n_items=25)
-    builder = TisasBatches(data, config("train_tisas", max_len=8, train_window=3), CPU)
+    builder = builder_of(TisasBatches, data, "train_tisas", max_len=8, train_window=3)
     rescaled = rescaled_timestamps(data.sequences.offsets, data.sequences.timestamps)
     batch = builder.train_batch(builder.train_users, builder.train_ends, builder.generator(1))
     for row, (u, end) in enumerate(zip(builder.train_users.tolist(), builder.train_ends.tolist())):
@@ -221,8 +220,7 @@ def test_rescaled_timestamps_match_python_reference():
 
 def test_marank_train_examples():
     data = make_data([3, 4, 12, 30], n_items=25, pool=6)
-    cfg = config("train_marank", max_len=8, train_window=3, marank_max_len=4)
-    builder = MarankBatches(data, cfg, CPU)
+    builder = builder_of(MarankBatches, data, "train_marank", max_len=8, train_window=3, marank_max_len=4)
     seen_ends = {u: set() for u in range(4)}
     for epoch in range(1, 60):
         g = builder.generator(epoch)
@@ -254,7 +252,8 @@ def _marank_context(items, target, m):
 
 def test_marank_eval_right_pads_by_repeating():
     data = make_data([3, 4, 12], n_items=25, pool=6)
-    builder = MarankBatches(data, config("train_marank", marank_max_len=4, val_batch_size=10, test_batch_size=10), CPU)
+    builder = builder_of(MarankBatches, data, "train_marank", marank_max_len=4, val_batch_size=10,
+                         test_batch_size=10)
     for split, back in (("val", 2), ("test", 1)):
         batch = next(builder.eval_batches(split))
         for u in range(3):

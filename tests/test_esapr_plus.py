@@ -1,22 +1,26 @@
 """ESAPR+: ESAPR's VAE with SLIST's closed-form path blended into its scores. Linear weight 0 is
-ESAPR exactly; the path's weights are SLIST's; the blend is the standardised sum; resumes are
-exact (tests/test_registry.py trains, resumes and recommends every family, ESAPR+ included)."""
+ESAPR exactly; the path's weights are SLIST's; the blend is the standardised sum; the path is
+solved once (never per improvement, never on load); resumes are exact (tests/test_registry.py
+trains, resumes and recommends every family, ESAPR+ included)."""
 import pytest
 import torch
 
+import esapr.models.esapr_plus as esapr_plus
 from esapr.config import build_config
 from esapr.data.prepare import prepare_data
+from esapr.errors import UserError
+from esapr.experiment import Experiment, experiment_path
 from esapr.models.esapr_plus import EsaprPlus, standardised
+from esapr.training.evaluator import load_run
 from esapr.training.trainer import Trainer, train
-
-TINY = dict(max_len=10, train_window=2, train_batch_size=40, val_batch_size=50, test_batch_size=50,
-            encoder_hidden_layer=[16], encode_len=8, test_negative_sample_size=20, device="cpu",
-            checkpoint_every_seconds=0, num_epochs=3)
+from tests.conftest import tiny
 
 
-def options(tmp_path, data_file, **extra) -> dict:
-    return dict(TINY, data_file=str(data_file), local_data_folder=str(data_file.parent / "data"),
-                experiment_root=str(tmp_path / "runs"), **extra)
+def config_of(template, tmp_path, data_file, **extra):
+    """The tiny preset; three epochs for a model trained by steps (a closed-form grid has none)."""
+    epochs = {"num_epochs": 3} if template != "train_slist" else {}
+    return build_config([template], {**tiny(template, data_file, experiment_root=str(tmp_path / "runs")), **epochs,
+                                     **extra})
 
 
 def test_standardised_rows_leave_the_padding_column_out_of_the_statistics():
@@ -27,20 +31,20 @@ def test_standardised_rows_leave_the_padding_column_out_of_the_statistics():
 
 
 def test_linear_weight_zero_is_esapr(tmp_path, data_file):
-    esapr = train(build_config(["train_vae"], options(tmp_path, data_file, experiment_name="esapr")), progress="quiet")
-    plus = train(build_config(["train_esapr_plus"], options(tmp_path, data_file, experiment_name="plus",
-                                                            linear_weight=0.0)), progress="quiet")
+    esapr = train(config_of("train_vae", tmp_path, data_file, experiment_name="esapr"), progress="quiet")
+    plus = train(config_of("train_esapr_plus", tmp_path, data_file, experiment_name="plus", linear_weight=0.0),
+                 progress="quiet")
     assert plus["test"] == esapr["test"] and plus["best_epoch"] == esapr["best_epoch"]
 
 
 def test_the_linear_path_is_slists_solution_and_the_scores_its_standardised_blend(tmp_path, data_file):
     lam, alpha = 3.0, 0.4
-    slist_config = build_config(["train_slist"], options(tmp_path, data_file, slist_lambdas=[lam],
-                                                         slist_alphas=[alpha], max_len=10))
+    slist_config = config_of("train_slist", tmp_path, data_file, slist_lambdas=[lam], slist_alphas=[alpha])
     slist = Trainer(slist_config, prepare_data(slist_config), progress="quiet")
     slist.model.fit_closed_form(slist.setting(1), slist.batches)
-    config = build_config(["train_esapr_plus"], options(tmp_path, data_file, linear_lambda=lam, linear_alpha=alpha,
-                                                        linear_weight=0.7))
+    config = config_of("train_esapr_plus", tmp_path, data_file, linear_lambda=lam, linear_alpha=alpha,
+                       linear_weight=0.7)
+    assert config.model.max_len == slist_config.model.max_len       # the same histories
     trainer = Trainer(config, prepare_data(config), progress="quiet")
     model = trainer.model
     assert isinstance(model, EsaprPlus)
@@ -53,16 +57,49 @@ def test_the_linear_path_is_slists_solution_and_the_scores_its_standardised_blen
         torch.testing.assert_close(model.scores(batch), expected, atol=1e-5, rtol=0)
 
 
-def test_the_linear_path_is_saved_with_the_model(tmp_path, data_file):
-    config = build_config(["train_esapr_plus"], options(tmp_path, data_file, num_epochs=1))
+def test_the_kept_best_weights_share_the_linear_path_and_copy_the_rest(tmp_path, data_file, monkeypatch):
+    """The V x V buffer never changes in training: every improvement's copy of the best weights
+    holds the model's own tensor, while every trained tensor is a copy of its value then."""
+    config = config_of("train_esapr_plus", tmp_path, data_file, saturation_wait_epochs=100)
+    trainer = Trainer(config, prepare_data(config), progress="quiet")
+    keep, kept = Trainer._keep_best, []
+
+    def checked(self, evaluation):
+        keep(self, evaluation)
+        kept.append(self.best_weights)
+    monkeypatch.setattr(Trainer, "_keep_best", checked)
+    experiment = Experiment(experiment_path(config))
+    with experiment.lock():
+        experiment.start(config, {})
+        trainer.fit(experiment)
+    assert kept and trainer.model.fixed_state() == {"linear"}
+    linear = trainer.model.linear
+    assert linear.abs().sum() > 0
+    state = trainer.model.state_dict()
+    for weights in kept:
+        assert weights["linear"].data_ptr() == linear.data_ptr()          # the same memory, not a copy
+        assert all(value.data_ptr() != state[name].data_ptr() for name, value in weights.items() if name != "linear")
+
+
+def test_a_saved_run_is_loaded_without_solving_its_linear_path_again(tmp_path, data_file, monkeypatch):
+    config = config_of("train_esapr_plus", tmp_path, data_file, num_epochs=1)
     results = train(config, progress="quiet")
     saved = torch.load(f"{results['experiment']}/models/best_model.pth", weights_only=True)["model"]
     assert "linear" in saved and saved["linear"].abs().sum() > 0
     assert torch.count_nonzero(torch.diagonal(saved["linear"])) == 0      # an item never recommends itself
 
+    def no_solve(*args):
+        raise AssertionError("the linear path was solved again")
+    monkeypatch.setattr(esapr_plus, "slist_grams", no_solve)
+    experiment = Experiment(results["experiment"])
+    loaded = load_run(experiment, experiment.run_config(), prepare_data(config))
+    assert torch.equal(loaded.model.linear, saved["linear"])
+    assert loaded.evaluate("test").metrics == results["test"]
+    with pytest.raises(AssertionError, match="solved again"):           # what training does, and loading skips
+        Trainer(config, prepare_data(config), progress="quiet")
+
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan")])
 def test_a_negative_or_missing_weight_is_refused(weight):
-    from esapr.errors import UserError
     with pytest.raises(UserError, match="option 'linear_weight'"):
         build_config(["train_esapr_plus"], {"linear_weight": weight})

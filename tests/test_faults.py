@@ -17,13 +17,21 @@ from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.files import FolderLock
 from esapr.training.trainer import train
-from tests.conftest import cli_env, start_cli
+from tests.conftest import cli_env, start_cli, tiny
 from tests.synthetic import write_ratings_csv
 
-OPTIONS = ["--templates", "train_vae", "--max_len", "12", "--train_window", "2", "--train_batch_size", "48",
-           "--encoder_hidden_layer", "16", "--encode_len", "8", "--test_negative_sample_size", "10",
-           "--num_epochs", "4", "--saturation_wait_epochs", "1", "--lr", "0.02", "--device", "cpu",
-           "--checkpoint_every_seconds", "0", "--quiet"]
+
+def as_args(options: dict) -> list[str]:
+    """``{name: value}`` as the command line's ``--name value ...``."""
+    args = []
+    for name, value in options.items():
+        args += [f"--{name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return args
+
+
+# ESAPR's tiny preset, through its transfer stages (a plateau every epoch) in 4 epochs
+OPTIONS = ["--templates", "train_vae", *as_args(tiny("train_vae", num_epochs=4, saturation_wait_epochs=1, lr=0.02,
+                                                     test_negative_sample_size=10)), "--quiet"]
 
 # A kill at a chosen write: ``os.replace`` is the last step of every file the package writes, so
 # killing the process just before it (a temporary file left, the old file in place) or just after
@@ -118,6 +126,7 @@ def killed_runs(workspace):
     return first, second, recovered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS, ids=lambda p: "{}-{}-{}".format(*p))
 def test_a_kill_at_any_write_then_recovery_equals_the_uninterrupted_run(workspace, killed_runs, point):
     name = "killed-{}-{}-{}".format(*point)
@@ -130,6 +139,7 @@ def test_a_kill_at_any_write_then_recovery_equals_the_uninterrupted_run(workspac
     assert (folder / "status").read_text() == "finished\n"
 
 
+@pytest.mark.slow
 def test_a_kill_inside_a_resume_rewriting_the_logs(workspace, killed_runs):
     first, second, recovered = killed_runs
     assert first[TWICE].returncode == -9 and second[TWICE].returncode == -9
@@ -139,6 +149,7 @@ def test_a_kill_inside_a_resume_rewriting_the_logs(workspace, killed_runs):
     assert [int(r["epoch"]) for r in Experiment(folder).read_table("train_log")] == list(range(1, 5))
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_folder(workspace):
     holder = FolderLock(folder_of(workspace, "busy"), "test")
     holder.acquire()
@@ -152,6 +163,7 @@ def test_two_trainings_into_one_folder(workspace):
     assert listed == [".lock"] and not folder_of(workspace, "busy").exists()     # the holder made it, and removed it
 
 
+@pytest.mark.slow
 def test_concurrent_preparation_of_one_new_file(tmp_path):
     write_ratings_csv(tmp_path / "ratings.csv", n_users=200)
     runs = [start_cli(["data", "prepare", "--data_file", "ratings.csv", "--test_negative_sample_size", "50"],
@@ -168,7 +180,8 @@ def test_concurrent_preparation_of_one_new_file(tmp_path):
 
 @pytest.fixture()
 def finished(workspace, tmp_path, monkeypatch):
-    """A copy of the finished reference run to damage (its paths are relative: work beside it)."""
+    """A copy of the finished reference run to damage, worked on from beside it (its config.json
+    records the workspace's data: a test that changes the data names the copy's file)."""
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "experiments" / "ratings" / "reference"
     shutil.copytree(workspace / "experiments" / "ratings" / "reference", folder)
@@ -241,9 +254,13 @@ def test_evaluate_and_resume_refuse_other_data_whatever_its_size(finished, capsy
     first_user, rest = lines[1].split(",")[0], lines[1].split(",", 1)[1]
     data_file.write_text("\n".join([lines[0], f"{first_user},{rest.replace(rest.split(',')[0], '9999', 1)}",
                                     *lines[2:]]) + "\n")      # same counts, one item id changed
-    assert main(["evaluate", "--experiment", str(finished)]) == 2
+    assert main(["evaluate", "--experiment", str(finished), "--data_file", str(data_file)]) == 2
     err = capsys.readouterr().err
     assert "the prepared data differs from the data this run was trained on" in err and err.count("\n") == 1
+    assert main(["train", *OPTIONS, "--data_file", str(data_file), "--experiment_root", str(finished.parents[1]),
+                 "--experiment_name", finished.name, "--resume", "--num_epochs", "6"]) == 2
+    assert "the prepared data differs" in capsys.readouterr().err
+    assert (finished / "status").read_text() == "finished\n"
 
 
 # --- paths, overwrite, messages -------------------------------------------------------------------------
@@ -279,21 +296,26 @@ def test_a_run_killed_before_its_first_checkpoint_simply_starts_again(tmp_path):
                                               experiment_root=str(tmp_path / "runs")))
     folder = tmp_path / "runs" / "ratings" / "vae"
     (folder / "models").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    (folder / "config.json").write_text(json.dumps(config.values()))
     (folder / "status").write_text("running\n")
     with pytest.raises(UserError, match="stopped before its first checkpoint.*without --resume"):
-        train(build_config(["train_vae"], dict(config.to_dict(), resume=True)), progress="quiet")
+        train(config.with_run(resume=True), progress="quiet")
     assert train(config, progress="quiet")["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_resume_names_only_the_options_that_differ(workspace, capsys):
     name = "resume-message"
     assert cli(workspace, *train_args(name), kill=("recent_checkpoint.pth", 2, "after")).returncode == -9
-    # a resume without the templates: the saved options are used, nothing is reported
-    plain = cli(workspace, "train", "--data_file", "ratings.csv", "--experiment_name", name, "--resume", "--quiet",
-                "--num_epochs", "4")
+    # a resume naming the model but not the templates: the saved options are used, nothing is reported
+    plain = cli(workspace, "train", "--model_code", "vae", "--data_file", "ratings.csv", "--experiment_name", name,
+                "--resume", "--quiet", "--num_epochs", "4")
     assert plain.returncode == 0, plain.stderr
-    assert results_of(folder_of(workspace, name)) == results_of(folder_of(workspace, "reference"))
+    resumed, reference = results_of(folder_of(workspace, name)), results_of(folder_of(workspace, "reference"))
+    # the same run; its metric_ks are the request's (not part of the run: computed from its ranks)
+    assert {k: resumed[k] for k in ("best_epoch", "epochs")} == {k: reference[k] for k in ("best_epoch", "epochs")}
+    assert set(resumed["test"]) < set(reference["test"])
+    assert resumed["test"] == {metric: reference["test"][metric] for metric in resumed["test"]}
     changed = cli(workspace, *train_args(name), "--resume", "--lr", "0.03", "--dropout", "0.3")
     assert changed.returncode == 2
     assert "lr (saved 0.02, now 0.03), dropout (saved 0.5, now 0.3)" in changed.stderr
@@ -314,6 +336,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_a_resumable_run(workspace, tiny_disk):
     args = ["train", *OPTIONS, "--data_file", str(workspace / "ratings.csv"), "--experiment_root", str(tiny_disk),
             "--local_data_folder", str(workspace / "data"), "--encoder_hidden_layer", "400", "--encode_len", "64"]
@@ -325,6 +348,7 @@ def test_a_full_disk_is_one_line_leaves_no_temporary_file_and_a_resumable_run(wo
     assert (folder / "status").read_text() == "interrupted\n"
 
 
+@pytest.mark.slow
 def test_a_read_only_experiment_root_is_one_line(workspace, tmp_path):
     root = tmp_path / "readonly"
     root.mkdir()
@@ -356,7 +380,7 @@ def test_the_package_itself_is_never_a_template_path(tmp_path, capsys):
 # --- further attacks: options, templates, names ----------------------------------------------------------
 
 @pytest.mark.parametrize("option,value,expected", [
-    ("max_len", "99999999999999999999999", "option 'max_len'"), ("train_batch_size", "1e400", "expects int"),
+    ("max_len", "99999999999999999999999", "option 'max_len'"), ("train_batch_size", "1e400", "expects one int"),
     ("lr", "1e400", "option 'lr'"), ("num_epochs", "2147483648", "option 'num_epochs'"),
     ("experiment_name", "a\nb", "plain folder name"), ("experiment_group", "x" * 300, "plain folder name")])
 def test_values_out_of_any_sensible_range_are_one_line(tmp_path, capsys, option, value, expected):
@@ -393,7 +417,7 @@ def test_a_finished_run_is_not_resumed_without_a_higher_epoch_limit(finished, ca
 
     before = contents()
     assert main(resume_args(finished, *OPTIONS)) == 2           # the same --num_epochs 4
-    assert main(resume_args(finished)) == 2                     # no --num_epochs: not "until early stopping"
+    assert main(resume_args(finished, "--model_code", "vae")) == 2    # no --num_epochs: not "until early stopping"
     err = capsys.readouterr().err
     assert err.count("holds a finished run of 4 epochs; to continue it pass --resume --num_epochs N") == 2, err
     assert contents() == before
@@ -401,7 +425,7 @@ def test_a_finished_run_is_not_resumed_without_a_higher_epoch_limit(finished, ca
 
 def test_a_resume_without_the_templates_keeps_the_saved_names(finished):
     (finished / "status").write_text("interrupted\n")          # as if killed after epoch 4's checkpoint
-    assert main(resume_args(finished, "--num_epochs", "5")) == 0
+    assert main(resume_args(finished, "--model_code", "vae", "--num_epochs", "5")) == 0
     saved = json.loads((finished / "config.json").read_text())
     assert saved["model_label"] == "VAE_tw" and saved["templates"] == ["train_vae"] and saved["num_epochs"] == 5
 
@@ -529,7 +553,7 @@ def test_a_folder_or_a_pipe_as_data_file_says_what_it_is(tmp_path):
     os.mkfifo(pipe)
     with pytest.raises(UserError, match="not a regular file"):
         from esapr.data.prepare import raw_file
-        raw_file(build_config(["train_vae"], {"data_file": str(pipe)}))
+        raw_file(build_config(["train_vae"], {"data_file": str(pipe)}).data)
 
 
 def test_an_unreadable_titles_file_is_left_out_with_a_warning(tmp_path):
@@ -539,6 +563,7 @@ def test_an_unreadable_titles_file_is_left_out_with_a_warning(tmp_path):
         assert SOURCES["ml-100k"].titles(tmp_path) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every,expected", [("10000", "interrupted before the first checkpoint"),
                                             ("0", "keeps its last checkpoint: continue with --resume")])
 def test_sigterm_ends_a_run_as_interrupted_saying_what_was_kept(workspace, every, expected):

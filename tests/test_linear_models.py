@@ -1,6 +1,7 @@
 """EASE, SLIST and SASRec's cross-entropy losses: the closed forms against dense numpy solves,
-the history rows on a hand-made CSR, the choice of the setting on validation, the losses against
-per-position loops, and the templates through the CLI (train, evaluate, resume)."""
+the history rows on a hand-made CSR, the grid searched as a grid (every setting fitted and
+validated, the best one tested; resumed exactly), the losses against per-position loops, and
+the templates through the CLI (train, evaluate)."""
 import json
 import subprocess
 import sys
@@ -17,12 +18,14 @@ from esapr.data.batches.history import HistoryBatches, RecentHistoryBatches
 from esapr.data.batches.types import SequenceBatch
 from esapr.data.prepare import PreparedData
 from esapr.data.sequences import Sequences
-from esapr.errors import UserError
+from esapr.errors import Interrupted, UserError
 from esapr.experiment import Experiment
 from esapr.models import DataInfo, build_model
 from esapr.models.ease import EASE
 from esapr.models.sasrec import next_item_ce_loss
+from esapr.models.slist import SLIST
 from esapr.training.trainer import train
+from tests.conftest import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -45,7 +48,7 @@ def test_ease_weights_equal_a_dense_numpy_solve():
     p = np.linalg.inv(x.T @ x + lam * np.eye(5))
     expected = np.eye(5) - p / np.diag(p)[None, :]
     np.fill_diagonal(expected, 0.0)
-    model = EASE(build_config(["train_ease"]), DataInfo(n_users=6, n_items=5, n_days=1))
+    model = EASE(build_config(["train_ease"]).model, DataInfo(n_users=6, n_items=5, n_days=1))
     padded = np.hstack([np.zeros((6, 1)), x])           # column 0: the padding item
     model.fit_closed_form({"ease_lambda": lam}, SimpleNamespace(user_rows=lambda: sparse_rows(padded)))
     weights = model.weights.double().numpy()
@@ -67,17 +70,22 @@ def hand_made_data(tmp_path) -> PreparedData:
 
 
 def hand_config(template, **overrides):
-    return build_config([template], dict(dict(max_len=4, test_negative_sample_size=2), **overrides))
+    options = {"test_negative_sample_size": 2, **({"max_len": 4} if template == "train_slist" else {}), **overrides}
+    return build_config([template], options)
+
+
+def history_builder(cls, data, config):
+    return cls(data, config.model, config.evaluation, CPU)
 
 
 def test_history_rows_are_binary_or_recency_weighted_training_parts(tmp_path):
     data = hand_made_data(tmp_path)
-    binary = HistoryBatches(data, hand_config("train_ease"), CPU)
+    binary = history_builder(HistoryBatches, data, hand_config("train_ease"))
     assert binary.user_rows().to_dense().tolist() == [[0, 1, 1, 1, 0, 0],       # 1 seen twice: still 1
                                                       [0, 0, 1, 1, 0, 0],
                                                       [0, 0, 0, 0, 0, 1]]
     # max_len 4, exp_stair with c = 2: the last three items weigh 0.5, 0.5, 1 (oldest first)
-    recent = RecentHistoryBatches(data, hand_config("train_slist"), CPU)
+    recent = history_builder(RecentHistoryBatches, data, hand_config("train_slist"))
     assert recent.user_rows().to_dense().tolist() == [[0, 1.5, 0, 0.5, 0, 0],   # 1 at distances 1 and 3
                                                       [0, 0, 0.5, 1, 0, 0],
                                                       [0, 0, 0, 0, 0, 1]]
@@ -114,7 +122,7 @@ def test_slist_weights_equal_the_column_by_column_solve(tmp_path):
     t = np.eye(6)[[1, 3, 1, 3]]
     config = hand_config("train_slist")
     model = build_model(config, DataInfo(n_users=3, n_items=5, n_days=1))
-    builder = RecentHistoryBatches(hand_made_data(tmp_path), config, CPU)
+    builder = history_builder(RecentHistoryBatches, hand_made_data(tmp_path), config)
     model.fit_closed_form({"slist_lambda": 0.7, "slist_alpha": 0.3}, builder)
     for got, want in zip(model.grams, (x.T @ x, s.T @ s, s.T @ t)):
         np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
@@ -130,17 +138,16 @@ def test_slist_with_alpha_one_is_ease_on_its_rows():
     info = DataInfo(n_users=8, n_items=6, n_days=1)
     batches = SimpleNamespace(user_rows=lambda: sparse_rows(x),
                               transition_rows=lambda: iter([(sparse_rows(x[:3]), torch.tensor([1, 2, 3]))]))
-    slist, ease = build_model(config, info), EASE(config, info)
+    slist, ease = build_model(config, info), EASE(build_config(["train_ease"]).model, info)
     slist.fit_closed_form({"slist_lambda": 0.5, "slist_alpha": 1.0}, batches)
     ease.fit_closed_form({"ease_lambda": 0.5}, batches)
     torch.testing.assert_close(slist.weights, ease.weights, atol=1e-6, rtol=0)
 
 
-# --- the setting chosen on validation -------------------------------------------------------------------
+# --- the grid, searched as a grid ---------------------------------------------------------------------
 
-def tiny_options(data_file, root, **overrides):
-    return dict(dict(data_file=str(data_file), local_data_folder=str(data_file.parent / "data"),
-                     experiment_root=str(root), device="cpu", test_negative_sample_size=20, max_len=8), **overrides)
+def grid_config(template, data_file, root, **overrides):
+    return build_config([template], tiny(template, data_file, experiment_root=str(root), **overrides))
 
 
 def test_the_setting_best_on_validation_is_kept_and_tested(tmp_path, data_file, monkeypatch):
@@ -154,8 +161,8 @@ def test_the_setting_best_on_validation_is_kept_and_tested(tmp_path, data_file, 
         if setting["ease_lambda"] != 100.0:
             self.weights.zero_()
     monkeypatch.setattr(EASE, "fit_closed_form", only_100)
-    options = tiny_options(data_file, tmp_path, ease_lambdas=[10.0, 100.0, 1000.0])
-    results = train(build_config(["train_ease"], options), progress="quiet")
+    results = train(grid_config("train_ease", data_file, tmp_path, ease_lambdas=[10.0, 100.0, 1000.0]),
+                    progress="quiet")
     assert results["best_setting"] == {"ease_lambda": 100.0} and results["best_epoch"] == 2
     assert results["epochs"] == 3
     rows = Experiment(Path(results["experiment"])).read_table("val_log")
@@ -163,19 +170,72 @@ def test_the_setting_best_on_validation_is_kept_and_tested(tmp_path, data_file, 
     assert [float(r["NDCG@10"]) for r in rows][1] == results["best_val"] > 0
     assert float(rows[0]["Recall@20"]) == 0.0         # constant scores: the answer ranks last of 21
     monkeypatch.setattr(EASE, "fit_closed_form", fit)
-    alone = train(build_config(["train_ease"], dict(options, ease_lambdas=[100.0], experiment_name="alone")),
+    alone = train(grid_config("train_ease", data_file, tmp_path, ease_lambdas=[100.0], experiment_name="alone"),
                   progress="quiet")
     assert results["test"] == alone["test"]
+
+
+@pytest.mark.parametrize("pilot", [False, True], ids=["full", "pilot"])
+def test_every_setting_of_the_grid_is_fitted_and_validated_whatever_pilot_says(tmp_path, data_file, monkeypatch,
+                                                                              pilot):
+    """SLIST's 2 x 2 grid: four fits, four validation rows with each setting's values, in grid
+    order (lambda, then alpha); --pilot shortens validation and test to one batch, never the grid."""
+    fitted, fit = [], SLIST.fit_closed_form
+
+    def counting(self, setting, batches):
+        fitted.append(dict(setting))
+        fit(self, setting, batches)
+    monkeypatch.setattr(SLIST, "fit_closed_form", counting)
+    config = grid_config("train_slist", data_file, tmp_path, pilot=pilot, val_batch_size=8,
+                         slist_lambdas=[10.0, 100.0], slist_alphas=[0.5, 1.0])
+    results = train(config, progress="quiet")
+    grid = [{"slist_lambda": lam, "slist_alpha": alpha} for lam in (10.0, 100.0) for alpha in (0.5, 1.0)]
+    assert fitted == grid and results["epochs"] == 4
+    rows = Experiment(Path(results["experiment"])).read_table("val_log")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [{name: float(r[name]) for name in ("slist_lambda", "slist_alpha")} for r in rows] == grid
+    assert results["best_setting"] == grid[results["best_epoch"] - 1]
+    assert results["best_val"] == max(float(r["NDCG@10"]) for r in rows)
+
+
+@pytest.mark.parametrize("template", ["train_ease", "train_slist"])
+def test_a_grid_interrupted_between_settings_resumes_to_the_same_end(tmp_path, data_file, monkeypatch, template):
+    """Killed while fitting its third setting (a checkpoint after every setting), the run resumed
+    fits the rest of the grid only and ends as the run that was never stopped."""
+    extra = ({"ease_lambdas": [10.0, 100.0, 1000.0]} if template == "train_ease" else
+             {"slist_lambdas": [10.0, 100.0], "slist_alphas": [0.5, 1.0]})
+    straight = train(grid_config(template, data_file, tmp_path, experiment_name="straight", **extra), progress="quiet")
+    config = grid_config(template, data_file, tmp_path, experiment_name="stopped", **extra)
+    model_class = EASE if template == "train_ease" else SLIST
+    fit, fitted = model_class.fit_closed_form, []
+
+    def stopped_at_the_third(self, setting, batches):
+        fitted.append(setting)
+        if len(fitted) == 3:
+            raise KeyboardInterrupt
+        fit(self, setting, batches)
+    monkeypatch.setattr(model_class, "fit_closed_form", stopped_at_the_third)
+    with pytest.raises(Interrupted, match="continue with --resume"):
+        train(config, progress="quiet")
+    config = config.with_run(resume=True)
+    resumed = train(config, progress="quiet")
+    assert len(fitted) == 3 + (resumed["epochs"] - 2)                   # settings 3.. fitted again, 1-2 not
+    assert {k: resumed[k] for k in ("test", "best_setting", "best_epoch", "epochs", "best_val")} == \
+        {k: straight[k] for k in ("test", "best_setting", "best_epoch", "epochs", "best_val")}
+    assert [int(r["epoch"]) for r in Experiment(Path(resumed["experiment"])).read_table("val_log")] == \
+        list(range(1, resumed["epochs"] + 1))
+    with pytest.raises(UserError, match="fitted its whole grid; there is nothing to continue"):
+        train(config, progress="quiet")
 
 
 # --- options ------------------------------------------------------------------------------------------
 
 def test_loss_and_grid_options_are_checked():
-    assert build_config(["train_sas_ce"]).train_negative_sample_size == 0      # ce needs no negative pool
+    assert build_config(["train_sas_ce"]).model.train_negative_sample_size == 0      # ce needs no negative pool
     build_config(["train_tisas"], dict(loss="sampled_ce", train_negative_sample_size=0))
     with pytest.raises(UserError, match="option 'train_negative_sample_size'"):
         build_config(["train_sas"], dict(train_negative_sample_size=0))
-    with pytest.raises(UserError, match="option 'loss' is 'ce'; model 'bert' trains with its own loss"):
+    with pytest.raises(UserError, match="option 'loss' is not read by model 'bert'"):   # it has its own loss
         build_config(["train_bert"], dict(loss="ce"))
     with pytest.raises(UserError, match="option 'loss' must be one of bce, ce, sampled_ce"):
         build_config(["train_sas"], dict(loss="softmax"))
@@ -183,6 +243,17 @@ def test_loss_and_grid_options_are_checked():
         build_config(["train_ease"], dict(ease_lambdas=[]))
     with pytest.raises(UserError, match="option 'slist_alphas'"):
         build_config(["train_slist"], dict(slist_alphas=[1.5]))
+
+
+@pytest.mark.parametrize("option,value", [("num_epochs", 2), ("saturation_wait_epochs", 100), ("lr", 0.01)])
+@pytest.mark.parametrize("template", ["train_ease", "train_slist"])
+def test_epochs_patience_and_steps_are_refused_for_a_closed_form_grid(template, option, value):
+    code = template.removeprefix("train_")
+    with pytest.raises(UserError, match=f"option '{option}' is not read by model '{code}'"):
+        build_config([template], {option: value})
+    config = build_config([template])
+    assert config.training is None and config.num_epochs == -1 and config.seed == 0
+    assert option not in config.values()
 
 
 # --- SASRec's cross-entropy losses ----------------------------------------------------------------------
@@ -251,27 +322,21 @@ def cli(*args) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", ["train_ease", "train_slist"])
-def test_template_trains_evaluates_and_resumes_through_the_cli(tmp_path, data_file, template):
+def test_template_trains_its_whole_grid_and_evaluates_through_the_cli(tmp_path, data_file, template):
+    """The packaged template fits every setting of its grid (no epoch limit applies) and ``esapr
+    evaluate`` reproduces the test metrics from the saved weights."""
     options = ["--data_file", str(data_file), "--local_data_folder", str(data_file.parent / "data"),
                "--experiment_root", str(tmp_path), "--device", "cpu", "--test_negative_sample_size", "20",
-               "--max_len", "8"]
-    cli("train", "--templates", template, "--num_epochs", "2", "--quiet", *options)
+               *(["--max_len", "8"] if template == "train_slist" else [])]
+    cli("train", "--templates", template, "--quiet", *options)
     folder = tmp_path / "ratings" / template.removeprefix("train_")
     results = json.loads((folder / "results.json").read_text())
-    assert results["epochs"] == 2 and results["model_code"] == template.removeprefix("train_")
+    model = build_config([template]).model
+    grid = (len(model.ease_lambdas) if template == "train_ease" else
+            len(model.slist_lambdas) * len(model.slist_alphas))
+    assert results["epochs"] == grid and results["model_code"] == template.removeprefix("train_")
+    assert len(Experiment(folder).read_table("val_log")) == grid
     evaluated = cli("evaluate", "--experiment", str(folder), "--json", "--device", "cpu")
     assert json.loads(evaluated.stdout) == pytest.approx(results["test"], abs=1e-12)
-    # resumed to three settings: as three settings straight
-    cli("train", "--templates", template, "--resume", "--num_epochs", "3", "--quiet", *options)
-    resumed = json.loads((folder / "results.json").read_text())
-    config = build_config([template], dict(tiny_options(data_file, tmp_path, num_epochs=3, experiment_name="straight")))
-    straight = train(config, progress="quiet")
-    assert resumed["test"] == straight["test"] and resumed["best_setting"] == straight["best_setting"]
-    assert resumed["epochs"] == 3 and len(Experiment(folder).read_table("val_log")) == 3
-    # resumed with room for more settings than the grid has: the rest of the grid, then the end
-    grid = (len(config.ease_lambdas) if template == "train_ease" else
-            len(config.slist_lambdas) * len(config.slist_alphas))
-    cli("train", "--templates", template, "--resume", "--num_epochs", str(grid + 5), "--quiet", *options)
-    final = json.loads((folder / "results.json").read_text())
-    assert final["epochs"] == grid and len(Experiment(folder).read_table("val_log")) == grid

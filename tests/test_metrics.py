@@ -1,12 +1,21 @@
-"""Ranking metrics: hand-computed values, the tie rule, masking, per-user averaging, and the
-vectorised full ranking against a slow obviously-correct loop."""
+"""Ranking metrics: the one metric table (hand-computed values, the same through the device sums
+and the numpy path of saved ranks, one entry per metric), the tie rule, masking, per-user
+averaging, and the vectorised full ranking against a slow obviously-correct loop."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from esapr.training.metrics import MetricAccumulator, candidate_ranks, full_ranks, history_pairs, rank_metrics
+from esapr import metrics as metric_table
+from esapr.data.ragged import history_pairs
+from esapr.errors import UserError
+from esapr.metrics import Metric, metric_names, per_user
+from esapr.training.metrics import MetricSums, candidate_ranks, full_ranks
+
+
+def torch_per_user(ranks: torch.Tensor, name: str) -> list[float]:
+    return per_user(ranks.double(), name, torch).tolist()
 
 
 def test_candidate_rank_and_metrics_hand_computed():
@@ -14,21 +23,56 @@ def test_candidate_rank_and_metrics_hand_computed():
     scores = torch.tensor([[0.7, 0.9, 0.1, 0.8, 0.2, 0.3]])
     ranks = candidate_ranks(scores)
     assert ranks.tolist() == [2]
-    m = rank_metrics(ranks, [1, 5, 10])
-    assert m["NDCG@5"].item() == pytest.approx(0.5)            # 1 / log2(4)
-    assert m["NDCG@1"].item() == 0.0 and m["Recall@1"].item() == 0.0
-    assert m["Recall@5"].item() == 1.0
-    assert m["MRR"].item() == pytest.approx(1 / 3)
-    assert list(m) == ["NDCG@1", "NDCG@5", "NDCG@10", "Recall@1", "Recall@5", "Recall@10", "MRR"]
+    assert torch_per_user(ranks, "NDCG@5") == pytest.approx([0.5])          # 1 / log2(4)
+    assert torch_per_user(ranks, "NDCG@1") == [0.0] and torch_per_user(ranks, "Recall@1") == [0.0]
+    assert torch_per_user(ranks, "Recall@5") == [1.0]
+    assert torch_per_user(ranks, "MRR") == pytest.approx([1 / 3])
+    assert metric_names([10, 1, 5], full_ranking=False) == [
+        "NDCG@1", "NDCG@5", "NDCG@10", "Recall@1", "Recall@5", "Recall@10", "MRR"]
 
 
-def test_rank_metric_formulas_for_every_rank():
-    ranks = torch.arange(0, 30)
-    m = rank_metrics(ranks, [10])
+def test_metric_formulas_for_every_rank():
+    ranks = np.arange(0, 30)
     for r in range(30):
-        assert m["NDCG@10"][r].item() == pytest.approx(1 / math.log2(r + 2) if r < 10 else 0.0)
-        assert m["Recall@10"][r].item() == (1.0 if r < 10 else 0.0)
-        assert m["MRR"][r].item() == pytest.approx(1 / (r + 1))
+        assert per_user(ranks, "NDCG@10")[r] == pytest.approx(1 / math.log2(r + 2) if r < 10 else 0.0)
+        assert per_user(ranks, "Recall@10")[r] == (1.0 if r < 10 else 0.0)
+        assert per_user(ranks, "MRR")[r] == pytest.approx(1 / (r + 1))
+
+
+def test_per_user_table_hand_computed_same_on_device_and_from_saved_ranks():
+    """Three users at ranks 0, 3, 12 (k = 5): NDCG@5 = 1, 1/log2(5), 0; Recall@5 = 1, 1, 0;
+    MRR = 1, 1/4, 1/13. The trainer's device sums and the numpy path over saved ranks (compare,
+    results) read the same table, so they agree to the last digit."""
+    ranks = [0, 3, 12]
+    expected = {"NDCG@5": [1.0, 1 / math.log2(5), 0.0], "Recall@5": [1.0, 1.0, 0.0], "MRR": [1.0, 0.25, 1 / 13]}
+    sums = MetricSums([5])
+    sums.add(torch.tensor(ranks))
+    device = sums.result()
+    assert list(device) == ["NDCG@5", "Recall@5", "MRR"]
+    for name, values in expected.items():
+        from_saved = per_user(np.array(ranks), name)
+        assert from_saved.tolist() == pytest.approx(values, abs=1e-15)
+        assert torch_per_user(torch.tensor(ranks), name) == from_saved.tolist()
+        assert device[name] == pytest.approx(sum(values) / 3, abs=1e-15)
+        assert device[name] == float(from_saved.mean())
+
+
+def test_a_new_metric_is_one_entry_of_the_table(monkeypatch):
+    """HR@k/2 (a metric the package does not have) added as one entry: it is named with every
+    cut-off, averaged on the device, computed from saved ranks and parsed, in the table's order."""
+    half = Metric("Half", lambda r, k, xp: (r < k / 2) * 1.0)
+    monkeypatch.setitem(metric_table.METRICS, "Half", half)
+    assert metric_names([4, 2], full_ranking=True) == [
+        "NDCG@2", "NDCG@4", "Recall@2", "Recall@4", "MRR", "Half@2", "Half@4",
+        "full_NDCG@2", "full_NDCG@4", "full_Recall@2", "full_Recall@4", "full_MRR", "full_Half@2", "full_Half@4"]
+    sums = MetricSums([4])
+    sums.add(torch.tensor([0, 1, 2, 5]))
+    assert sums.result()["Half@4"] == 0.5                   # ranks 0 and 1 are below 4 / 2
+    assert per_user(np.array([0, 1, 2, 5]), "full_Half@4").tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert metric_table.sort_key("Half@4") < metric_table.sort_key("full_NDCG@1")
+    monkeypatch.delitem(metric_table.METRICS, "Half")
+    with pytest.raises(UserError, match="unknown metric 'Half@4'"):
+        per_user(np.array([0]), "Half@4")
 
 
 def test_ties_count_against_the_answer_and_nan_does_not_crash():
@@ -96,8 +140,8 @@ def test_history_pairs_on_hand_made_csr():
     assert empty_rows.numel() == 0 and empty_items.numel() == 0
 
 
-def test_accumulator_averages_per_user_over_uneven_batches():
-    acc = MetricAccumulator([10, 1])
+def test_sums_average_per_user_over_uneven_batches():
+    acc = MetricSums([10, 1])
     acc.add(torch.tensor([0, 0, 0]))         # 3 users at rank 0
     acc.add(torch.tensor([20]))              # 1 user outside the top 10
     acc.add(torch.tensor([1]), prefix="full_")

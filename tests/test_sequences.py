@@ -1,4 +1,4 @@
-"""Preprocessing (reference.md §1.2) on hand-computed cases, the CSR layout, the leave-one-out split,
+"""Preprocessing (docs/original.md §1.2) on hand-computed cases, the CSR layout, the leave-one-out split,
 the .npz cache and its key, and the real MovieLens-100K counts."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esapr.config import build_config
+from esapr.config import build_config, build_data_options
 from esapr.data.prepare import cache_dir, load_sequences
 from esapr.data.sequences import Sequences, build_sequences
 from esapr.data.sources import SOURCES, RawInteractions, read_user_file
@@ -179,19 +179,19 @@ def write_ml100k(folder: Path, n_users: int = 6, n_items: int = 8) -> Path:
 
 def test_cache_key_follows_the_raw_file_and_the_options_that_change_the_data(tmp_path):
     raw = write_ml100k(tmp_path)
-    config = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                     "data_url": closed_port_url("ml-100k.zip")})
+    config = build_data_options({"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
+                                 "data_url": closed_port_url("ml-100k.zip")})
     first, folder, read = load_sequences(config)
     assert read == raw and (folder / "sequences.npz").is_file() and first.n_interactions == 48
-    assert re.fullmatch(r"ml-100k-[0-9a-f]{10}_min_rating0-min_uc5-min_sc5-splitleave_one_out", folder.name)
-    same = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                   "lr": 0.1, "train_batch_size": 7, "model_code": "vae"})
+    assert re.fullmatch(r"ml-100k-[0-9a-f]{10}_min_rating0\.0-min_uc5-min_sc5-splitleave_one_out", folder.name)
+    same = build_config(["train_vae"], {"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
+                                        "lr": 0.1, "train_batch_size": 7, "dropout": 0.1}).data   # a run's data
     assert cache_dir(same, raw) == folder
     (folder / "sequences.npz").write_bytes(b"")           # the cache answers, or a rebuilt one does
     again, _, _ = load_sequences(same)
     assert np.array_equal(again.items, first.items)
     for option, value in (("min_uc", 6), ("min_sc", 6), ("min_rating", 3)):
-        other = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path), option: value})
+        other = build_data_options({"dataset_code": "ml-100k", "local_data_folder": str(tmp_path), option: value})
         assert cache_dir(other, raw) != folder and f"{option}{value}" in cache_dir(other, raw).name
     raw.write_text(raw.read_text().replace("\t5\t", "\t4\t", 1))   # the raw file changed: a new key
     os.utime(raw, ns=(1, 1))
@@ -200,7 +200,7 @@ def test_cache_key_follows_the_raw_file_and_the_options_that_change_the_data(tmp
 
 def test_damaged_cache_is_rebuilt(tmp_path):
     write_ml100k(tmp_path)
-    config = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path)})
+    config = build_data_options({"dataset_code": "ml-100k", "local_data_folder": str(tmp_path)})
     first, folder, _ = load_sequences(config)
     good = (folder / "sequences.npz").read_bytes()
     for damaged in (b"not a zip", good[: len(good) // 2]):      # garbage, and a truncated archive
@@ -212,7 +212,7 @@ def test_damaged_cache_is_rebuilt(tmp_path):
 def test_user_file_cache_key_changes_with_the_file(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u in range(1, 6) for i in range(1, 7)))
-    config = build_config(overrides={"data_file": str(path), "local_data_folder": str(tmp_path)})
+    config = build_data_options({"data_file": str(path), "local_data_folder": str(tmp_path)})
     before = cache_dir(config, path)
     assert load_sequences(config)[0].n_interactions == 30
     path.write_text(path.read_text() + "6,1\n6,2\n6,3\n6,4\n6,5\n")
@@ -233,8 +233,8 @@ def test_real_ml100k_default_filter(ml100k_dir, tmp_path):
     assert (np.diff(seqs.timestamps, prepend=0)[within] >= 0).all()
     # through the registry and the cache, without any download
     (tmp_path / "ml-100k").symlink_to(ml100k_dir, target_is_directory=True)
-    config = build_config(overrides={"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
-                                     "data_url": closed_port_url()})
+    config = build_data_options({"dataset_code": "ml-100k", "local_data_folder": str(tmp_path),
+                                 "data_url": closed_port_url()})
     cached, _, _ = load_sequences(config)
     assert cached.stats()["interactions"] == 99287
 

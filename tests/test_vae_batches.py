@@ -8,7 +8,7 @@ from esapr.data.batches.vae import build_bag, position_weights
 
 
 def dense_bag_reference(window: list[int], weights: list[float], vocab: int, legacy: bool) -> np.ndarray:
-    """reference.md §3.5 step 3, one example at a time: slots 0..N-2, left to right."""
+    """docs/original.md §3.5 step 3, one example at a time: slots 0..N-2, left to right."""
     bag = np.zeros(vocab, dtype=np.float32)
     for item, w in zip(window[:-1], weights[:-1]):
         if legacy:

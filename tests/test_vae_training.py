@@ -1,35 +1,36 @@
-"""ESAPR end to end on synthetic data: learning, transfer stages, the experiment folder, exact resume."""
+"""ESAPR end to end on synthetic data: learning, transfer stages, the experiment folder, exact
+resume, the run's seed in every random draw, and evaluation of a saved run without a trainer."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from esapr.cli import main
 from esapr.config import build_config
 from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.models import DataInfo, build_model
-from esapr.training.trainer import train
+from esapr.training.trainer import Trainer, epoch_seed, train
+from tests.conftest import tiny
 from tests.synthetic import write_ratings_csv
 
-SMALL = dict(max_len=16, train_window=2, train_batch_size=64, val_batch_size=50, test_batch_size=50,
-             encoder_hidden_layer=[32], encode_len=16, test_negative_sample_size=20, device="cpu")
+# the tiny preset, a little wider: enough to learn the synthetic walks within a few epochs, and a
+# window of 16 for transfer stages 16, 8, 4, 2, 1
+WIDER = dict(max_len=16, train_batch_size=64, encoder_hidden_layer=[32], encode_len=16)
 
 
 def small_config(tmp_path: Path, **overrides):
     data_file = tmp_path / "ratings.csv"
     if not data_file.exists():
         write_ratings_csv(data_file)
-    options = dict(SMALL, data_file=str(data_file), local_data_folder=str(tmp_path / "data"),
-                   experiment_root=str(tmp_path / "runs"))
-    options.update(overrides)
-    return build_config(["train_vae"], options)
+    options = tiny("train_vae", data_file, **WIDER, experiment_root=str(tmp_path / "runs"))
+    return build_config(["train_vae"], {**options, **overrides})
 
 
 def test_vae_learns_and_writes_experiment_folder(tmp_path):
@@ -96,16 +97,17 @@ def _cli(args, **kwargs):
 
 
 def _args(tmp_path, name):
-    config = small_config(tmp_path)
-    options = dict(SMALL, data_file=config.data_file, local_data_folder=config.local_data_folder,
-                   experiment_root=config.experiment_root, num_epochs=40, saturation_wait_epochs=2,
-                   lr=0.02, experiment_name=name, checkpoint_every_seconds=0.1)
+    small_config(tmp_path)          # the data file
+    options = tiny("train_vae", tmp_path / "ratings.csv", **WIDER, experiment_root=str(tmp_path / "runs"),
+                   num_epochs=40, saturation_wait_epochs=2, lr=0.02, experiment_name=name,
+                   checkpoint_every_seconds=0.1)
     args = []
     for key, value in options.items():
         args += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value)])]
     return args
 
 
+@pytest.mark.slow
 def test_sigkill_in_a_transfer_stage_then_resume_gives_identical_results(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     reference = _cli(_args(tmp_path, "uninterrupted"), env=env)
@@ -165,7 +167,7 @@ def test_resume_from_an_older_checkpoint_replays_transfer_with_the_right_best_mo
 
     (folder / "models/recent_checkpoint.pth").write_bytes(saved[best_then])
     (folder / "status").write_text("running\n")
-    resumed = train(replace(config, resume=True), progress=False)
+    resumed = train(config.with_run(resume=True), progress=False)
     assert resumed["test"] == expected["test"] and resumed["best_epoch"] == expected["best_epoch"]
 
 
@@ -173,22 +175,140 @@ def test_resume_with_more_epochs_extends_a_run_exactly(tmp_path):
     """--resume may change num_epochs: 2 epochs, then resumed to 4, equals 4 epochs in one go."""
     straight = train(small_config(tmp_path, num_epochs=4, experiment_name="straight"), progress=False)
     train(small_config(tmp_path, num_epochs=2, experiment_name="extended"), progress=False)
-    with pytest.raises(UserError, match="lr \(saved 0.005, now 0.01\)"):
+    with pytest.raises(UserError, match=r"lr \(saved 0.005, now 0.01\)"):
         train(small_config(tmp_path, num_epochs=4, lr=0.01, experiment_name="extended", resume=True), progress=False)
     extended = train(small_config(tmp_path, num_epochs=4, experiment_name="extended", resume=True), progress=False)
     assert extended["epochs"] == 4 and extended["test"] == straight["test"]
     assert extended["best_epoch"] == straight["best_epoch"]
 
 
-def test_evaluate_reproduces_test_metrics_and_deletes_nothing(tmp_path):
-    config = small_config(tmp_path, num_epochs=3, experiment_name="evaluate")
+def test_evaluate_reproduces_test_metrics_without_a_trainer_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """``esapr evaluate`` loads the model and its saved weights only: no Trainer (no optimizer, no
+    scaler, no ``prepare``); a run trained with relative paths is evaluated from another folder
+    (it recorded where its data is); the folder is left as it was."""
+    small_config(tmp_path)                  # the data file
+    monkeypatch.chdir(tmp_path)
+    config = small_config(tmp_path, num_epochs=3, experiment_name="evaluate", data_file="ratings.csv",
+                          local_data_folder="data", experiment_root="runs")
     results = train(config, progress=False)
-    folder = Path(results["experiment"])
-    before = sorted(p.name for p in folder.rglob("*"))
-    out = subprocess.run([sys.executable, "-m", "esapr", "evaluate", "--experiment", str(folder), "--json",
-                          "--device", "cpu"], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == pytest.approx(results["test"])
-    assert sorted(p.name for p in folder.rglob("*")) == before
+    folder = (tmp_path / results["experiment"]).resolve()
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("evaluate built a Trainer")
+    monkeypatch.setattr(Trainer, "__init__", no_trainer)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for split in ("test", "val"):
+        assert main(["evaluate", "--experiment", str(folder), "--split", split, "--json", "--device", "cpu"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        expected = results["test"] if split == "test" else Experiment(folder).read_table("val_log")[
+            results["best_epoch"] - 1]
+        assert metrics == pytest.approx({name: float(expected[name]) for name in metrics}, abs=1e-12)
+    assert set(metrics) == set(results["test"])
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+# --- the run's seed reaches every random draw -----------------------------------------------------------
+
+def record_global_draws(monkeypatch) -> tuple[list, list]:
+    """Per epoch: the global torch random state as the epoch starts, and every draw from the global
+    stream in it (the VAE's input dropout masks are ``torch.rand``, its reparameterisation noise
+    ``torch.randn_like``; a draw with its own generator, such as the batch order, is not global)."""
+    starts, draws = [], []
+    run_epoch = Trainer.run_epoch
+
+    def recording_epoch(self, epoch, limit=None):
+        starts.append(torch.get_rng_state())
+        draws.append([])
+        return run_epoch(self, epoch, limit)
+    monkeypatch.setattr(Trainer, "run_epoch", recording_epoch)
+    for name in ("rand", "randn_like"):
+        def recording(*args, _draw=getattr(torch, name), _name=name, **kwargs):
+            out = _draw(*args, **kwargs)
+            if draws and kwargs.get("generator") is None:
+                draws[-1].append((_name, out.clone()))
+            return out
+        monkeypatch.setattr(torch, name, recording)
+    return starts, draws
+
+
+def replay(epoch_seed_value: int, draws: list) -> list:
+    """The draws of ``draws``' kinds and shapes from a global stream seeded with ``epoch_seed_value``."""
+    torch.manual_seed(epoch_seed_value)
+    return [(name, torch.rand(t.shape) if name == "rand" else torch.randn_like(t)) for name, t in draws]
+
+
+def test_two_seeds_share_no_random_draw_and_seed_0_keeps_the_epoch_numbers_stream(tmp_path, data_file, monkeypatch):
+    """VAE_net (input dropout 0.5 and reparameterisation noise in every step) for 2 epochs with
+    seeds 0, 1 and 2. Seed 0's epoch e draws exactly what ``torch.manual_seed(e)`` gives (so
+    seed-0 results are what they were); seeds 1 and 2 start every epoch from other states and
+    share no dropout mask and no noise with each other or with seed 0."""
+    starts, draws = record_global_draws(monkeypatch)
+    runs = {}
+    for seed in (0, 1, 2):
+        starts.clear()
+        draws.clear()
+        options = tiny("train_vae_net", data_file, num_epochs=2, dataloader_random_seed=seed,
+                       experiment_root=str(tmp_path), experiment_name=f"seed{seed}")
+        train(build_config(["train_vae_net"], options), progress=False)
+        runs[seed] = (list(starts), list(draws))
+    monkeypatch.undo()
+    for seed, (seed_starts, seed_draws) in runs.items():
+        assert len(seed_starts) == len(seed_draws) == 2
+        for epoch, epoch_draws in enumerate(seed_draws, start=1):
+            kinds = {name for name, _ in epoch_draws}
+            assert kinds == {"rand", "randn_like"}, kinds           # masks and noise, every epoch
+            expected = replay(epoch_seed(seed, epoch), epoch_draws)   # nothing else draws from the stream
+            assert all(torch.equal(got, want) for (_, got), (_, want) in zip(epoch_draws, expected))
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        assert torch.equal(runs[0][0][epoch - 1], torch.get_rng_state())
+    first = {seed: runs[seed][1][0] for seed in runs}            # epoch 1's draws, in order
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert all(not torch.equal(x, y) for x, y in zip(runs[a][0], runs[b][0]))
+        noise = [(x, y) for (kind, x), (_, y) in zip(first[a], first[b]) if kind == "randn_like"]
+        assert noise and all(x.shape == y.shape and not torch.allclose(x, y) for x, y in noise)
+        masks = [(x.flatten(), y.flatten()) for (kind, x), (_, y) in zip(first[a], first[b]) if kind == "rand"]
+        assert masks and all(not torch.equal(x[:min(len(x), len(y))], y[:min(len(x), len(y))]) for x, y in masks)
+
+
+def test_epoch_seeds_of_two_runs_never_meet():
+    assert [epoch_seed(0, epoch) for epoch in range(1, 6)] == [1, 2, 3, 4, 5]
+    seeds = {(seed, epoch): epoch_seed(seed, epoch) for seed in range(1, 6) for epoch in range(1, 200)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert not set(seeds.values()) & set(range(0, 200))               # nor seed 0's epochs
+    assert all(0 <= value < 2**64 for value in seeds.values())
+
+
+def test_a_run_of_seed_3_resumed_from_an_older_checkpoint_ends_as_the_uninterrupted_run(tmp_path, data_file,
+                                                                                       monkeypatch):
+    """Epochs 3 and 4 are replayed from epoch 2's checkpoint with seed 3's epoch streams: the same
+    losses, validation rows and test metrics as the run that never stopped (and not seed 0's)."""
+    saved = {}
+    save = Experiment.save
+
+    def keep_copies(self, path, state):
+        save(self, path, state)
+        if path.name == "recent_checkpoint.pth":
+            saved[state["state"]["epoch"]] = path.read_bytes()
+    monkeypatch.setattr(Experiment, "save", keep_copies)
+    options = tiny("train_vae_net", data_file, num_epochs=4, experiment_root=str(tmp_path))
+    config = build_config(["train_vae_net"], {**options, "dataloader_random_seed": 3})
+    straight = train(config, progress=False)
+    folder = Path(straight["experiment"])
+    logs = {table: Experiment(folder).read_table(table) for table in ("train_log", "val_log")}
+    (folder / "models/recent_checkpoint.pth").write_bytes(saved[2])
+    (folder / "status").write_text("interrupted\n")
+    resumed = train(config.with_run(resume=True), progress=False)
+    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
+    again = {table: Experiment(folder).read_table(table) for table in ("train_log", "val_log")}
+    assert [r["loss"] for r in again["train_log"]] == [r["loss"] for r in logs["train_log"]]
+    assert again["val_log"] == logs["val_log"]
+    seed0 = train(build_config(["train_vae_net"], {**options, "experiment_name": "seed0"}), progress=False)
+    assert [r["loss"] for r in Experiment(Path(seed0["experiment"])).read_table("train_log")] != \
+        [r["loss"] for r in logs["train_log"]]
 
 
 def test_trainer_has_no_model_branches():
