@@ -359,3 +359,18 @@ def test_zip_experiment_holds_the_folder(tmp_path):
     archive = zip_experiment(folder, tmp_path / "root")
     assert archive == tmp_path / "root" / "group-name.zip"
     assert zipfile.ZipFile(archive).namelist() == ["name/", "name/tables/", "name/tables/val_log.csv"]
+
+
+@pytest.mark.parametrize("notebook", ["ESAPR.ipynb", "notebooks/compare_models.ipynb"])
+def test_extra_options_read_json_or_a_python_dict_and_refuse_the_rest_in_one_line(notebook, monkeypatch):
+    """The settings cell alone: EXTRA_OPTIONS as a Python dict works; anything else is one line."""
+    cell = next(c for c in json.loads((REPO / notebook).read_text())["cells"] if "#@title Settings" in "".join(c["source"]))
+    code = "".join(cell["source"])
+    monkeypatch.setenv("ESAPR_NB_OVERRIDES", "{'lr': 0.01, 'dropout': 0.3}")
+    monkeypatch.setenv("ESAPR_NB_REVISION", "v1.2")
+    namespace: dict = {}
+    exec(compile(code, notebook, "exec"), namespace)
+    assert namespace["OVERRIDES"] == {"lr": 0.01, "dropout": 0.3} and namespace["REVISION"] == "v1.2"
+    monkeypatch.setenv("ESAPR_NB_OVERRIDES", "lr=0.01")
+    with pytest.raises(SystemExit, match=r"ESAPR_NB_OVERRIDES is not a mapping of option: value"):
+        exec(compile(code, notebook, "exec"), {})
