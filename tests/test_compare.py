@@ -142,7 +142,8 @@ def test_aggregate_hand_made_rank_tables(tmp_path):
     assert [r.path.name for r in result.left_out] == ["train_bert_seed1"]
     assert result.n_users == 4 and result.dataset == "hand"
     # the Markdown table: a row per model, full then sampled, the best in bold, the left-out runs named
-    lines = result.markdown(["Recall@1"]).splitlines()
+    legend, blank, *lines = result.markdown(["Recall@1"]).splitlines()
+    assert legend.startswith("hand, 4 test users. Cells: mean ± standard deviation over seeds") and blank == ""
     assert lines[0] == ("| model (template) | seeds | full Recall@1 | sampled Recall@1 | epochs (best) | "
                         "training per run |")
     assert lines[2].startswith("| VAE_tw (`train_vae`) | 2 | **0.3750 ± 0.1768** [") and lines[2].count("best") == 2

@@ -28,7 +28,8 @@ from esapr.metrics import parse as parse_metric
 from esapr.options.spec import short
 from esapr.progress import seconds
 
-DISPLAY_METRICS = ("NDCG@10", "Recall@10", "NDCG@20", "Recall@20", "MRR")   # the table's rows by default
+# what the printed table, the Markdown and the figure show by default (80 columns); CSV/JSON hold all
+DISPLAY_METRICS = ("NDCG@10", "Recall@10")
 PROTOCOLS = ("full", "sampled")                                             # full ranking first
 RANK_COLUMNS = {"full": "full_rank", "sampled": "rank"}
 RUN_RESULTS = ("epochs", "best_epoch", "train_seconds", "device", "test")    # what comparison.json keeps of a run
@@ -103,7 +104,11 @@ class Comparison:
         protocols' metrics side by side; **bold** the best, "n.s." not significantly worse."""
         metrics = self.shown(metrics)
         head = [f"{protocol} {metric}" for protocol in self.protocols for metric in metrics]
-        lines = ["| model (template) | seeds | " + " | ".join(head) + " | epochs (best) | training per run |",
+        lines = [f"{self.dataset}, {self.n_users} test users. Cells: mean ± standard deviation over seeds [95 % "
+                 f"bootstrap interval over users and seeds]; **bold**: the best model; n.s.: not significantly worse "
+                 f"than it (two-sided Wilcoxon on per-user values, Holm-corrected, p >= {ALPHA}); other cells are "
+                 f"significantly worse. full: ranked against every unseen item; sampled: against the negatives.", "",
+                 "| model (template) | seeds | " + " | ".join(head) + " | epochs (best) | training per run |",
                  "|---" * (len(head) + 4) + "|"]
         for model in self.models.itertuples():
             cells = []
