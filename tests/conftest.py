@@ -23,6 +23,9 @@ import pytest
 
 from tests.synthetic import write_ratings_csv
 
+# tiny models run fastest on one thread, and the CLI runs a test starts share the cores with it
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
