@@ -19,7 +19,9 @@ setup(
         "pyyaml>=6.0",
         "ipywidgets>=7.6",
         "gdown>=4.7",
+        "optuna>=4.0",
     ],
-    extras_require={"test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6"]},
+    # psycopg: SQLAlchemy's PostgreSQL driver, for the test of a study shared through --storage postgresql://
+    extras_require={"test": ["pytest>=7", "nbclient>=0.7", "nbformat>=5.7", "ipykernel>=6", "psycopg[binary]>=3.1"]},
     entry_points={"console_scripts": ["esapr=esapr.cli:main"]},
 )

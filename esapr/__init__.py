@@ -7,11 +7,12 @@ The public API is small and imported lazily (torch and matplotlib load on first 
     results_table(root)                                      -> DataFrame (experiments x metrics)
     plot_results_table(table, "table.png"), plot_curves(experiment_path, "curves.png")
     compare(["train_vae", "train_sas"], seeds=[0, 1, 2], dataset_code="ml-100k")  -> Comparison
+    tune(["train_ease", "train_vae"], trials=20, dataset_code="ml-100k")  -> {template: StudyReport}
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["train", "compare", "load_experiment", "results_table", "plot_results_table", "plot_curves",
+__all__ = ["train", "compare", "tune", "load_experiment", "results_table", "plot_results_table", "plot_curves",
            "build_config", "UserError"]
 
 from esapr.errors import UserError
@@ -23,6 +24,7 @@ _LAZY = {
     "plot_curves": "esapr.results",
     "build_config": "esapr.config",
     "compare": "esapr.comparison",      # the package is named apart, so no import shadows the function
+    "tune": "esapr.tuning",             # likewise
 }
 
 

@@ -1,5 +1,5 @@
 """Command line: ``esapr data stats|prepare``, ``esapr train``, ``esapr evaluate``, ``esapr results``,
-``esapr compare``, ``esapr recommend``, ``esapr options``: the parser, the command table and
+``esapr compare``, ``esapr tune``, ``esapr recommend``, ``esapr options``: the parser, the command table and
 ``main``; the handlers are in ``esapr.commands``.
 
 Options are written ``--name value`` (lists: ``--metric_ks 1 5 10``; a bare ``--flag`` means true)
@@ -41,7 +41,7 @@ SAVED_RUN_HELP = {"data_file": "where the run's own data file is now (default: w
                   "data_url": "a mirror to download the dataset from, if it is nowhere on this machine",
                   "device": "where to compute: auto, cpu or cuda (default cpu)"}
 # command flags that are switches (a bare --flag); every other flag takes a value
-SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only"})
+SWITCHES = frozenset({"json", "quiet", "dry_run", "aggregate_only", "tuned", "pareto"})
 # command flags that take several values; every other flag and every option that is not a list takes one
 LIST_FLAGS = frozenset({"root", "items", "metrics", "seeds", "templates"})
 COMMANDS: dict[str, Command] = {c.name: c for c in (
@@ -64,7 +64,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("compare", "esapr.commands:cmd_compare",
             "train templates x seeds, then a table with intervals and paired tests (reuses finished runs)",
             "esapr compare --templates train_vae train_sas ... [--seeds 0 1 2 3 4] [--jobs N] "
-            "[--dry_run | --aggregate_only] [--option value ...]",
+            "[--dry_run | --aggregate_only] [--tuned] [--option value ...]",
             {"seeds": "seeds of the runs; each sets the seed options its template's family reads "
                       "(model_init_seed, dataloader_random_seed, train_negative_sampling_seed; default 0 1 2 3 4); "
                       "a template written train_meantime:1 runs only the first 1 of them",
@@ -76,7 +76,26 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
                        ".md, .png)",
              "metrics": "the metrics shown in the printed table and the figure (default NDCG@10 Recall@10 "
                         "NDCG@20 Recall@20 MRR; the CSV and JSON hold all)",
+             "tuned": "each template's best settings from esapr tune (<experiment_root>/<experiment_group>/tune/"
+                      "<template>/best.yaml) where its study left them; said per template",
+             "pareto": "also the Pareto picture: test NDCG@10 (or the first of --metrics) on both protocols against "
+                       "training time per run, with its table (<output>_pareto.png, .csv, .md)",
              "quiet": "print only the table"}, None),
+    Command("tune", "esapr.commands:cmd_tune",
+            "search each template's hyper-parameters with Optuna on validation, the same budget for each",
+            "esapr tune --templates T [T ...] (--trials N | --hours H) [--jobs N] [--storage URL] [--space FILE] "
+            "[--sampler tpe|random] [--option value ...]",
+            {"trials": "budget per template: this many complete or pruned trials",
+             "hours": "budget per template: this many hours of training (checked before each trial starts)",
+             "jobs": "worker processes, each with cores/N threads (default 1); machines running the same command "
+                     "on one --storage share the work",
+             "storage": "a database URL (postgresql://user@host/db, sqlite:///file.db) or a journal file (default "
+                        "<experiment_root>/<experiment_group>/tune/<template>/study.log, which Google Drive keeps)",
+             "space": "a YAML file changing the families' search spaces: option: {low: A, high: B, log: true} or "
+                      "[choices] or null (not searched); replace: true makes it the whole space",
+             "sampler": "tpe (default) or random",
+             "seed": "seed of the sampler (default 0); trial k draws with (seed, k)",
+             "quiet": "no progress bars: only the trials and the result"}, None),
     Command("recommend", "esapr.commands:cmd_recommend", "top-k items for a user or a new history",
             "esapr recommend --experiment PATH (--user ID | --items ID ...) [-k 10] [--json] "
             "[--data_file F | --local_data_folder D]",

@@ -174,7 +174,7 @@ def cmd_compare(argv: list[str]) -> int:
     """esapr compare --templates T ... [--seeds 0 1 2 3 4] [--jobs N] [--dry_run | --aggregate_only] ..."""
     from esapr.comparison import CLI, DEFAULT_SEEDS, run_compare
     overrides, flags = parse_options(argv, extra=("seeds", "jobs", "dry_run", "aggregate_only", "output", "metrics",
-                                                  "quiet"))
+                                                  "quiet", "tuned", "pareto"))
     templates = overrides.pop("templates", None)
     if not templates:
         raise UserError("compare needs templates; usage: esapr compare --templates train_vae train_sas[:N] ... "
@@ -184,21 +184,44 @@ def cmd_compare(argv: list[str]) -> int:
     metrics = flags.get("metrics")
     metrics = " ".join(metrics) if isinstance(metrics, list) else metrics
     metrics = metrics.replace(",", " ").split() if isinstance(metrics, str) else metrics
-    for name in ("dry_run", "aggregate_only", "quiet"):
+    for name in ("dry_run", "aggregate_only", "quiet", "tuned", "pareto"):
         if flags.get(name) not in (None, True):
             raise UserError(f"--{name} is a flag; write it without a value")
     quiet, dry_run = bool(flags.get("quiet")), bool(flags.get("dry_run"))
     result = run_compare(CLI, templates, seeds, jobs=flags.get("jobs", 1), dry_run=dry_run,
                          aggregate_only=bool(flags.get("aggregate_only")), output=flags.get("output"),
                          metrics=metrics, progress="quiet" if quiet else "auto",
-                         say=(lambda *a: None) if quiet and not dry_run else print, **overrides)
+                         say=(lambda *a: None) if quiet and not dry_run else print, tuned=bool(flags.get("tuned")),
+                         **overrides)
     if isinstance(result, list):     # a dry run's commands, printed: what it was asked for, quiet or not
         return 0
     print(result.format(metrics))
+    if flags.get("pareto"):
+        from esapr.comparison.pareto import write_pareto
+        pareto = write_pareto(result, result.files["csv"].with_suffix(""), metrics[0] if metrics else None)
+        result.files.update({f"pareto {kind}": path for kind, path in pareto.items()})
     print("\n" + "  ".join(f"{kind}: {path}" for kind, path in result.files.items()))
     problems = [o for o in result.runs if o.problem]
     if problems:
         print(f"esapr: warning: {len(problems)} of {len(result.runs)} runs failed or are damaged; they are left out "
               f"of the table", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_tune(argv: list[str]) -> int:
+    """esapr tune --templates T ... (--trials N | --hours H) [--jobs N] [--storage URL] [--space FILE] ..."""
+    overrides, flags = parse_options(argv, extra=("trials", "hours", "jobs", "storage", "space", "sampler", "seed",
+                                                  "quiet"))
+    templates = overrides.pop("templates", None)
+    if not templates:
+        raise UserError(f"tune needs templates; usage: {COMMANDS['tune'].usage}")
+    if flags.get("quiet") not in (None, True):
+        raise UserError("--quiet is a flag; write it without a value")
+    from esapr.comparison import CLI
+    from esapr.tuning import run_tune
+    quiet = bool(flags.get("quiet"))
+    run_tune(CLI, [templates] if isinstance(templates, str) else templates, flags.get("trials"), flags.get("hours"),
+             flags.get("jobs", 1), flags.get("storage"), flags.get("space"), flags.get("sampler", "tpe"),
+             flags.get("seed", 0), progress="quiet" if quiet else "auto", **overrides)
     return 0

@@ -19,7 +19,7 @@ LAYERS = [
     ("models", ["models"]),
     ("storage", ["experiment"]),
     ("training", ["training"]),
-    ("analysis", ["figures", "comparison", "results"]),
+    ("analysis", ["figures", "comparison", "results", "tuning"]),
     ("apps", ["recommend", "colab"]),
     ("face", ["cli", "commands", "__init__", "__main__"]),
 ]

@@ -17,7 +17,8 @@ for; a run whose files are damaged is left out as damaged. The table's files are
     esapr.compare(["train_vae", "train_sas"], seeds=[0, 1, 2], dataset_code="ml-100k")
 
 Modules: ``plan`` (the runs and what each does with its folder), ``pool`` (training them),
-``stats`` (intervals and paired tests), ``report`` (the table and its files), ``figure``.
+``stats`` (intervals and paired tests), ``report`` (the table and its files), ``figure``,
+``pareto`` (accuracy against training time: ``esapr compare --pareto``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Any, Sequence
 
 from esapr.comparison.figure import plot_comparison
 from esapr.comparison.plan import (CLI, DEFAULT_SEEDS, PYTHON, Names, Planner, Run, RunPlan, cli_values, plan_run,
-                                   plan_runs, whole)
+                                   plan_runs, tuned_templates, whole)
 from esapr.comparison.pool import RunOutcome, read_outcome, run_all
 from esapr.comparison.report import (Comparison, aggregate, check_metrics, model_labels, output_files, output_prefix,
                                      protocol_label, set_name, write_comparison)
@@ -46,7 +47,7 @@ __all__ = ["compare", "run_compare", "Comparison", "RunOutcome", "Run", "RunPlan
 
 def compare(templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS, jobs: int = 1,
             dry_run: bool = False, aggregate_only: bool = False, output: str | Path | None = None,
-            metrics: Sequence[str] | str | None = None, progress: Any = "auto", say=print,
+            metrics: Sequence[str] | str | None = None, progress: Any = "auto", say=print, tuned: bool = False,
             **overrides) -> Comparison | list[str]:
     """Train every (template, seed) (reusing, resuming or extending what is there; refusing a
     folder whose saved options or data differ), then aggregate into
@@ -55,19 +56,22 @@ def compare(templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS
     reads it. The metrics are those of the templates' ``metric_ks`` together (or the
     ``metric_ks`` given); ``metrics``: those the printed table and figure show. ``dry_run``:
     return (and print) each run's ``esapr train`` command instead; ``aggregate_only``: train
-    nothing. ``overwrite=True`` trains every run again. Bad arguments are one-line UserErrors
-    naming the keyword arguments."""
+    nothing. ``overwrite=True`` trains every run again. ``tuned``: each template's best settings
+    from ``esapr tune`` (``<root>/<group>/tune/<template>/best.yaml``) where a study left them.
+    Bad arguments are one-line UserErrors naming the keyword arguments."""
     return run_compare(PYTHON, templates, seeds, jobs, dry_run, aggregate_only, output, metrics, progress, say,
-                       **overrides)
+                       tuned, **overrides)
 
 
 def run_compare(names: Names, templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS, jobs: int = 1,
                 dry_run: bool = False, aggregate_only: bool = False, output: str | Path | None = None,
-                metrics: Sequence[str] | str | None = None, progress: Any = "auto", say=print,
+                metrics: Sequence[str] | str | None = None, progress: Any = "auto", say=print, tuned: bool = False,
                 **overrides) -> Comparison | list[str]:
     """``compare``, its messages naming the arguments as ``names`` says (``CLI``: flags, for
     ``esapr compare``). Everything that can be refused is refused before anything is trained."""
     jobs = _jobs(jobs, names)
+    if tuned:
+        templates = tuned_templates(templates, overrides, names, say)
     if dry_run and aggregate_only:
         raise UserError(f"{names.set('dry_run')} and {names.set('aggregate_only')} exclude each other")
     overwrite = coerce(RunOptions, "overwrite", overrides.get("overwrite", False))

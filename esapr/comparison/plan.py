@@ -12,7 +12,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from esapr.config import (ALL_OPTIONS, Config, build_config, config_differences, describe_differences, owners,
@@ -317,6 +317,31 @@ def _seed(value: Any, names: Names) -> int:
     if seed < 0:
         raise UserError(f"{names.arg('seeds')} expects numbers >= 0, got {seed}")
     return seed
+
+
+def tune_folder(config: Config, template: str) -> Path:
+    """Where ``esapr tune`` keeps ``template``'s study on ``config``'s data: <root>/<group>/tune/<template>."""
+    return Path(config.run.experiment_root) / config.run.experiment_group / "tune" / PurePath(template).stem
+
+
+def tuned_templates(templates: Any, overrides: dict[str, Any], names: Names, say) -> list[str]:
+    """Each template replaced by the best.yaml its study left (``esapr tune``), where there is
+    one (a ``:N`` seed count kept); each said in one line."""
+    entries = []
+    for entry in _templates(templates, names):
+        template, colon, n = entry.rpartition(":")
+        template, suffix = (template, colon + n) if colon and n.isnumeric() else (entry, "")
+        config = build_config([template], {k: v for k, v in overrides.items()
+                                           if k in _options_read(template, overrides) and k != "experiment_name"})
+        best = tune_folder(config, template) / "best.yaml"
+        if best.is_file():
+            head = best.read_text(errors="replace").splitlines()[0].removeprefix("# esapr tune: ")
+            say(f"{template}: tuned: {best} ({head})")
+            entries.append(str(best) + suffix)
+        else:
+            say(f"{template}: no study ({best} is absent): the template's own values")
+            entries.append(entry)
+    return entries
 
 
 # --- the data a kept run was trained on ------------------------------------------------------------------

@@ -60,6 +60,41 @@ class MaskedOptions(TransformerOptions):
     head_use_ln: bool = option(False, "LayerNorm in the prediction head")
 
 
+# --- search spaces: what a fair hyper-parameter search of a family covers (``esapr tune``) ------------
+@dataclass(frozen=True)
+class Floats:
+    """A float option searched from ``low`` to ``high`` (``log``: evenly on a log scale)."""
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Ints:
+    """A whole-number option searched from ``low`` to ``high``. A list option (``encoder_hidden_layer``,
+    ``ease_lambdas``) searched this way, or with ``Floats``, takes a list of the one value drawn."""
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An option searched over a few values: ``Choice("exp_stair", "constant")``."""
+    values: tuple
+
+    def __init__(self, *values):
+        object.__setattr__(self, "values", values)
+
+
+# a family's SPACE: option name -> how a search draws it (checked against each option's own range and choices)
+Space = dict[str, Floats | Ints | Choice]
+# the optimizer's options, searched for every family trained by gradient steps
+TRAINING_SPACE: Space = {"lr": Floats(1e-4, 1e-2, log=True), "weight_decay": Floats(1e-8, 1e-3, log=True)}
+TRANSFORMER_SPACE: Space = {**TRAINING_SPACE, "dropout": Floats(0.0, 0.5), "hidden_units": Choice(32, 64, 128),
+                            "num_blocks": Ints(1, 3), "num_heads": Choice(1, 2, 4), "max_len": Ints(20, 200, log=True)}
+
+
 def check_heads(options: TransformerOptions, heads: int, what: str) -> None:
     require(options.hidden_units % heads == 0, "num_heads", options.num_heads,
             f"{what} ({heads}) must divide hidden_units ({options.hidden_units})")
@@ -85,6 +120,7 @@ class Family:
     preset: dict[str, Any]          # a tiny model (with the shared options it needs) that trains in a second
     check: Callable[[Any], None] = field(default=lambda options: None)
     trained: bool = True            # by gradient steps (reads TrainOptions); False: a closed-form grid
+    space: Space = field(default_factory=dict)      # what ``esapr tune`` searches (see Floats, Ints, Choice)
 
     def model_class(self) -> type:
         return _load(self.model)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family, ModelOptions
+from esapr.families.base import Family, Floats, ModelOptions
 from esapr.options.spec import POSITIVE, option, require
 
 
@@ -18,5 +18,7 @@ def check(options: EaseOptions) -> None:
 
 
 TINY = {"val_batch_size": 50, "test_batch_size": 50, "test_negative_sample_size": 20, "ease_lambdas": [10.0, 100.0]}
+# a search trial fits a grid of one setting: ease_lambdas [the lambda drawn]
+SPACE = {"ease_lambdas": Floats(1.0, 10_000.0, log=True)}
 FAMILY = Family("ease", "EASE", EaseOptions, "esapr.models.ease:EASE", "esapr.data.batches.history:HistoryBatches",
-                "HistoryBatch", TINY, check, trained=False)
+                "HistoryBatch", TINY, check, trained=False, space=SPACE)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family
+from esapr.families.base import Family, Floats
+from esapr.families.vae import SPACE as VAE_SPACE
 from esapr.families.vae import TINY, VaeOptions, check
 from esapr.options.spec import AT_LEAST_0, POSITIVE, PROBABILITY, option
 
@@ -17,5 +18,8 @@ class EsaprPlusOptions(VaeOptions):
                                  valid=PROBABILITY)
 
 
+# the VAE's space (its part is searched as ESAPR's is) and the blend with the linear path
+SPACE = {**VAE_SPACE, "linear_weight": Floats(0.0, 2.0), "linear_lambda": Floats(1.0, 1_000.0, log=True),
+         "linear_alpha": Floats(0.0, 1.0)}
 FAMILY = Family("esapr_plus", "ESAPR+", EsaprPlusOptions, "esapr.models.esapr_plus:EsaprPlus",
-                "esapr.data.batches.vae:VaeBatches", "BagBatch", {**TINY, "linear_weight": 0.5}, check)
+                "esapr.data.batches.vae:VaeBatches", "BagBatch", {**TINY, "linear_weight": 0.5}, check, space=SPACE)

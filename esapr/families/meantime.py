@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family, MaskedOptions, check_heads, check_masked
+from esapr.families.base import TRANSFORMER_SPACE, Choice, Family, Floats, MaskedOptions, check_heads, check_masked
 from esapr.options.spec import AT_LEAST_1, POSITIVE, Range, option, require
 
 # the temporal kernels: absolute (positional, day, constant) and relative (sinusoid, exponential, log)
@@ -41,5 +41,7 @@ def check(options: MeantimeOptions) -> None:
 
 TINY = {"max_len": 10, "train_window": 2, "train_batch_size": 40, "val_batch_size": 50, "test_batch_size": 50,
         "hidden_units": 16, "num_heads": 1, "num_blocks": 1, "test_negative_sample_size": 20}
+# heads per kernel: with its 4 kernels, 1 or 2 heads divide every hidden size of the space
+SPACE = {**TRANSFORMER_SPACE, "num_heads": Choice(1, 2), "mask_prob": Floats(0.1, 0.5)}
 FAMILY = Family("meantime", "MEANTIME", MeantimeOptions, "esapr.models.meantime:MEANTIME",
-                "esapr.data.batches.bert:MeantimeBatches", "SequenceBatch", TINY, check)
+                "esapr.data.batches.bert:MeantimeBatches", "SequenceBatch", TINY, check, space=SPACE)

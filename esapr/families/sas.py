@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family, NegativePool, TransformerOptions, check_heads, check_pool
+from esapr.families.base import TRANSFORMER_SPACE, Family, NegativePool, TransformerOptions, check_heads, check_pool
 from esapr.options.spec import Range, option
 
 
@@ -26,5 +26,6 @@ def check(options: SasOptions) -> None:
 TINY = {"max_len": 10, "train_window": 2, "train_batch_size": 40, "val_batch_size": 50, "test_batch_size": 50,
         "hidden_units": 16, "num_heads": 2, "num_blocks": 1, "test_negative_sample_size": 20,
         "train_negative_sample_size": 20}
+SPACE = TRANSFORMER_SPACE
 FAMILY = Family("sas", "SASRec", SasOptions, "esapr.models.sasrec:SASRec", "esapr.data.batches.sas:SasBatches",
-                "SequenceBatch", TINY, check)
+                "SequenceBatch", TINY, check, space=SPACE)

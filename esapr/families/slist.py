@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family, RecencyWeights, WindowOptions
+from esapr.families.base import Family, Floats, Ints, RecencyWeights, WindowOptions
 from esapr.options.spec import POSITIVE, PROBABILITY, option, require
 
 
@@ -24,5 +24,9 @@ def check(options: SlistOptions) -> None:
 
 TINY = {"max_len": 10, "val_batch_size": 50, "test_batch_size": 50, "test_negative_sample_size": 20,
         "slist_lambdas": [10.0, 100.0], "slist_alphas": [0.5, 1.0]}
+# a search trial fits a grid of one setting: slist_lambdas [lambda] x slist_alphas [alpha]
+SPACE = {"slist_lambdas": Floats(1.0, 5_000.0, log=True), "slist_alphas": Floats(0.0, 1.0),
+         "max_len": Ints(4, 128, log=True)}
 FAMILY = Family("slist", "SLIST", SlistOptions, "esapr.models.slist:SLIST",
-                "esapr.data.batches.history:RecentHistoryBatches", "HistoryBatch", TINY, check, trained=False)
+                "esapr.data.batches.history:RecentHistoryBatches", "HistoryBatch", TINY, check, trained=False,
+                space=SPACE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esapr.families.base import Family
-from esapr.families.sas import TINY, SasOptions, check
+from esapr.families.sas import SPACE, TINY, SasOptions, check
 from esapr.options.spec import SIZE, option
 
 
@@ -14,4 +14,4 @@ class TisasOptions(SasOptions):
 
 
 FAMILY = Family("tisas", "TiSASRec", TisasOptions, "esapr.models.tisasrec:TiSASRec",
-                "esapr.data.batches.sas:TisasBatches", "SequenceBatch", TINY, check)
+                "esapr.data.batches.sas:TisasBatches", "SequenceBatch", TINY, check, space=SPACE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esapr.families.base import Family, RecencyWeights, WindowOptions
+from esapr.families.base import TRAINING_SPACE, Choice, Family, Floats, Ints, RecencyWeights, WindowOptions
 from esapr.options.spec import AT_LEAST_0, FRACTION, PROBABILITY, SIZE, option, require
 
 
@@ -33,5 +33,8 @@ def check(options: VaeOptions) -> None:
 
 TINY = {"max_len": 10, "train_window": 2, "train_batch_size": 40, "val_batch_size": 50, "test_batch_size": 50,
         "encoder_hidden_layer": [16], "encode_len": 8, "test_negative_sample_size": 20}
+SPACE = {**TRAINING_SPACE, "dropout": Floats(0.0, 0.8), "anneal_cap": Floats(0.0, 1.0),
+         "encoder_hidden_layer": Ints(128, 1024, log=True), "encode_len": Ints(32, 256, log=True),
+         "weight_type": Choice("exp_stair", "exp", "linear", "constant"), "max_len": Ints(16, 256, log=True)}
 FAMILY = Family("vae", "VAE", VaeOptions, "esapr.models.vae:VAE", "esapr.data.batches.vae:VaeBatches", "BagBatch",
-                TINY, check)
+                TINY, check, space=SPACE)

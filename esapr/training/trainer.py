@@ -21,6 +21,7 @@ import random
 import time
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from esapr.training.precision import choose_precision, make_deterministic
 
 # what a resumable checkpoint holds besides the optional GradScaler state
 RESUMABLE = ("model", "optimizer", "lr_scheduler", "schedule", "state", "best_model")
+# called after each epoch's validation with (epoch, metrics); returns a reason to stop the run there, or None
+OnValidation = Callable[[int, dict], "str | None"]
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TrainState:
     patience_from: int = 0        # last epoch that improved or started a new stage
     stopped: bool = False
     train_seconds: float = 0.0
+    stop_reason: str = ""         # why a validation callback ended the run early (a search pruned it)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -204,13 +208,14 @@ class Trainer:
         return str(self.device)
 
     def summary(self, experiment: Experiment) -> str:
-        """The start-up line: data, model, device and precision, folder."""
+        """The start-up line: data, model, device, precision and how the model computes there, folder."""
         seqs = self.data.sequences
         run = self.config.run
         label = run.model_label or self.config.family.label
+        note = self.model.compute_note()
         return (f"{self.data.name}: {seqs.n_users:,} users, {seqs.n_items:,} items, {seqs.n_interactions:,} "
-                f"interactions | {label} ({run.model_code}) | {self.device_name()}, {self.precision.name} | "
-                f"{experiment.path}")
+                f"interactions | {label} ({run.model_code}) | {self.device_name()}, {self.precision.name}"
+                f"{', ' + note if note else ''} | {experiment.path}")
 
     # --- the run -------------------------------------------------------------------------------
     def resume_from(self, experiment: Experiment) -> None:
@@ -226,7 +231,10 @@ class Trainer:
             return 1
         return self.training.num_epochs if self.training.num_epochs > 0 else 10**9
 
-    def fit(self, experiment: Experiment) -> dict:
+    def fit(self, experiment: Experiment, on_validation: OnValidation | None = None, test: bool = True) -> dict:
+        """Train to early stopping or the epoch limit, then save (and, with ``test``, test) the best
+        weights. ``on_validation(epoch, validation metrics)`` is called after every epoch; a reason
+        it returns ends the run there, as early stopping would (a search pruning the run)."""
         config = self.config
         experiment.set_status("running")
         max_epochs = self.epoch_limit()
@@ -249,6 +257,9 @@ class Trainer:
                                                 **self.schedule.log_values()})
             experiment.append_row("val_log", {"epoch": epoch, **setting, **val})
             self._after_validation(epoch, validation)
+            if on_validation is not None:
+                self.state.stop_reason = on_validation(epoch, val) or ""
+                self.state.stopped = self.state.stopped or bool(self.state.stop_reason)
             self.state.epoch = epoch
             self.state.train_seconds += time.perf_counter() - start
             last = self.state.stopped or epoch >= max_epochs
@@ -259,7 +270,7 @@ class Trainer:
                                              "best": f"{self.state.best_metric:.4f}@{self.state.best_epoch}",
                                              **self.patience(), **self.schedule.progress_values(), **setting})
         self.progress.close()
-        return self.finish(experiment)
+        return self.finish(experiment, test)
 
     def patience(self) -> dict:
         """Epochs since the last improvement out of the patience (early stopping's countdown)."""
@@ -283,38 +294,43 @@ class Trainer:
                 self.model.load_state_dict(self.best_weights)
             self.progress.line(f"epoch {epoch}: plateau, {transfer.message}")
 
-    def finish(self, experiment: Experiment) -> dict:
-        """Save and test the best weights, always (also when num_epochs ran out)."""
+    def finish(self, experiment: Experiment, test: bool = True) -> dict:
+        """Save and test the best weights, always (also when num_epochs ran out); without ``test``
+        (a search, which reads validation only) the test split is never scored."""
         experiment.wait_for_saves()      # the last checkpoint is in place before anything says "finished"
         if self.best_weights is not None:
             self.save_best(experiment)
         self.load_best(experiment)
         run = self.config.run
-        evaluation = self.evaluate("test", 1 if run.pilot else None)
-        test = evaluation.metrics
-        experiment.append_row("test_log", {"epoch": self.state.best_epoch, **test})
         user_ids = self.data.sequences.user_ids
-        experiment.write_ranks("test", user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
+        tested = {}
+        if test:
+            evaluation = self.evaluate("test", 1 if run.pilot else None)
+            tested = {"test": evaluation.metrics}
+            experiment.append_row("test_log", {"epoch": self.state.best_epoch, **evaluation.metrics})
+            experiment.write_ranks("test", user_ids[evaluation.users], evaluation.ranks, evaluation.full_ranks)
         if self.best_val is not None:
             best = self.best_val
             experiment.write_ranks("val", user_ids[best["users"].numpy()], best["rank"].numpy(),
                                    best["full_rank"].numpy())
-        results = {"test": test, "best_epoch": self.state.best_epoch, "best_val": self.state.best_metric,
+        results = {**tested, "best_epoch": self.state.best_epoch, "best_val": self.state.best_metric,
                    **({"best_setting": self.setting(self.state.best_epoch)}
                       if self.grid is not None and self.state.best_epoch else {}),
                    "epochs": self.state.epoch, "train_seconds": round(self.state.train_seconds, 2),
                    "model_code": run.model_code, "dataset": self.data.name,
                    "experiment": str(experiment.path), "device": str(self.device), "device_name": self.device_name(),
-                   "precision": self.precision.name, "deterministic": run.deterministic}
+                   "precision": self.precision.name, "deterministic": run.deterministic,
+                   **({"stop_reason": self.state.stop_reason} if self.state.stop_reason else {})}
         experiment.write_results(results)
         experiment.set_status("finished")
         return results
 
 
 def train(config: Config, data: PreparedData | None = None, progress: Progress | bool | str = True,
-          given: frozenset[str] | None = None) -> dict:
+          given: frozenset[str] | None = None, on_validation: OnValidation | None = None, test: bool = True) -> dict:
     """Prepare data, train, test the best model; returns the results (also in results.json).
-    ``given`` names the options a command line set (see ``resumed_config``).
+    ``given`` names the options a command line set (see ``resumed_config``); ``on_validation``
+    and ``test``: see ``Trainer.fit`` (``esapr tune`` reports each epoch and never tests).
 
     The process holds the experiment folder's lock throughout. The folder's files are touched
     only once the data is prepared and the model is built, so a run that fails before that
@@ -341,7 +357,7 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
             experiment.start(config, {**asdict(trainer.info), "num_interactions": data.sequences.n_interactions,
                                       "data_fingerprint": data.fingerprint})
         try:
-            return trainer.fit(experiment)
+            return trainer.fit(experiment, on_validation, test)
         except BaseException as error:
             with suppress(Exception):    # a checkpoint being written is finished first; the original error matters
                 experiment.wait_for_saves()
