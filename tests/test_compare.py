@@ -5,6 +5,8 @@ import inspect
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -543,6 +545,14 @@ def test_plot_comparison_marks_best_and_tied_blocks_in_order(tmp_path):
             assert box.x0 >= 0 and box.x1 <= width + 0.5, text.get_text()
 
 
+def test_a_childs_torch_takes_the_thread_share_it_is_given():
+    """The environment of a --jobs child reaches torch: cores // N intra-op threads, at least 1."""
+    for jobs in (1, 2, 64):
+        done = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                              env={**os.environ, **pool.thread_env(jobs)}, capture_output=True, text=True, check=True)
+        assert int(done.stdout) == pool._threads_per_job(jobs) == max(1, pool._cores() // jobs)
+
+
 def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, monkeypatch):
     """--jobs N: N ``esapr train`` processes at once, each with cores // N threads, its output in a
     log of this process's own, each stopping when the compare dies (Linux: a parent-death signal)."""
@@ -564,9 +574,12 @@ def test_jobs_run_train_subprocesses_with_a_share_of_the_cores(tiny, tmp_path, m
             return 2
 
     monkeypatch.setattr(pool.subprocess, "Popen", FakeProcess)
-    monkeypatch.setattr(pool.os, "cpu_count", lambda: 8)
-    outcomes = pool.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, say=lambda *a: None)
+    monkeypatch.setattr(pool, "_cores", lambda: 8)
+    said = []
+    outcomes = pool.run_all(runs, [plan_run(r.config) for r in runs], jobs=2, say=said.append)
     assert [threads for _, threads, _, _ in started] == ["4", "4", "4"]
+    assert said[0] == ("2 runs at a time, each with 4 thread(s) of the 8 core(s) (OMP_NUM_THREADS, MKL_NUM_THREADS, "
+                       "OPENBLAS_NUM_THREADS)")
     assert started[0][0][1:4] == ["-m", "esapr", "train"] and "--experiment_name" in started[0][0]
     assert all(callable(preexec) and alone for _, _, preexec, alone in started)
     assert [(o.state, o.note) for o in outcomes] == [("failed", "exit 2: esapr: error: simulated")] * 3

@@ -2,6 +2,8 @@
 ESAPR exactly; the path's weights are SLIST's; the blend is the standardised sum; the path is
 solved once (never per improvement, never on load); resumes are exact (tests/test_registry.py
 trains, resumes and recommends every family, ESAPR+ included)."""
+import shutil
+
 import pytest
 import torch
 
@@ -10,10 +12,12 @@ from esapr.config import build_config
 from esapr.data.prepare import prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
-from esapr.models.esapr_plus import EsaprPlus, standardised
+from esapr.files import lock_holder
+from esapr.models.esapr_plus import EsaprPlus, linear_cache_file, standardised
 from esapr.training.evaluator import load_run
 from esapr.training.trainer import Trainer, train
 from tests.conftest import tiny
+from tests.synthetic import write_ratings_csv
 
 
 def config_of(template, tmp_path, data_file, **extra):
@@ -95,8 +99,89 @@ def test_a_saved_run_is_loaded_without_solving_its_linear_path_again(tmp_path, d
     loaded = load_run(experiment, experiment.run_config(), prepare_data(config))
     assert torch.equal(loaded.model.linear, saved["linear"])
     assert loaded.evaluate("test").metrics == results["test"]
-    with pytest.raises(AssertionError, match="solved again"):           # what training does, and loading skips
+    Trainer(config, prepare_data(config), progress="quiet")              # training reads the cached solution
+    shutil.rmtree(linear_cache_file(prepare_data(config), config.model).parent)
+    with pytest.raises(AssertionError, match="solved again"):           # without it, training solves; loading never
         Trainer(config, prepare_data(config), progress="quiet")
+
+
+# --- the linear path's cache and its sparse scoring ------------------------------------------------------
+
+@pytest.fixture()
+def own_data(tmp_path):
+    """A ratings file of this test's own, so its cache starts empty."""
+    (tmp_path / "own").mkdir()
+    return write_ratings_csv(tmp_path / "own" / "ratings.csv", n_users=60)
+
+
+def test_the_linear_path_is_solved_once_per_data_and_options_and_read_by_every_later_run(tmp_path, own_data,
+                                                                                          monkeypatch):
+    """Solved under the lock of its cache folder; then another run of the same options, another
+    seed and another VAE option read it (results identical to the run that solved); a changed
+    option of the linear path is another entry, solved anew."""
+    data_file = own_data
+    config = config_of("train_esapr_plus", tmp_path, data_file, experiment_name="first")
+    path = linear_cache_file(prepare_data(config), config.model)
+    solve, held = EsaprPlus.solve_linear, []
+
+    def solve_under_the_lock(self, data):
+        held.append(lock_holder(path.parent))
+        return solve(self, data)
+    monkeypatch.setattr(EsaprPlus, "solve_linear", solve_under_the_lock)
+    first = train(config, progress="quiet")
+    assert len(held) == 1 and held[0] is not None and path.is_file()
+
+    def no_solve(self, data):
+        raise AssertionError("solved again")
+    monkeypatch.setattr(EsaprPlus, "solve_linear", no_solve)
+    again = train(config.with_run(experiment_name="again"), progress="quiet")
+    assert {k: again[k] for k in ("test", "best_epoch", "best_val")} == \
+        {k: first[k] for k in ("test", "best_epoch", "best_val")}
+    for extra in ({"model_init_seed": 1, "dataloader_random_seed": 1}, {"dropout": 0.5}):
+        train(config_of("train_esapr_plus", tmp_path, data_file, experiment_name=str(extra), **extra),
+              progress="quiet")
+    assert [entry.name for entry in path.parent.parent.iterdir()] == [path.parent.name]
+    with pytest.raises(AssertionError, match="solved again"):
+        Trainer(config_of("train_esapr_plus", tmp_path, data_file, linear_lambda=7.0), prepare_data(config),
+                progress="quiet")
+
+
+@pytest.mark.parametrize("option,value", [("max_len", 12), ("weight_type", "exp"), ("weight_constant", 3.0),
+                                          ("linear_lambda", 7.0), ("linear_alpha", 0.3)])
+def test_every_option_that_changes_the_linear_path_names_another_cache_entry(tmp_path, data_file, option, value):
+    config = config_of("train_esapr_plus", tmp_path, data_file)
+    data = prepare_data(config)
+    other = config_of("train_esapr_plus", tmp_path, data_file, **{option: value})
+    assert linear_cache_file(data, other.model) != linear_cache_file(data, config.model)
+    assert linear_cache_file(data, config_of("train_esapr_plus", tmp_path, data_file, lr=0.5).model) == \
+        linear_cache_file(data, config.model)
+
+
+def test_a_damaged_cache_entry_is_solved_again_and_replaced(tmp_path, own_data):
+    data_file = own_data
+    config = config_of("train_esapr_plus", tmp_path, data_file)
+    solved = Trainer(config, prepare_data(config), progress="quiet").model.linear
+    path = linear_cache_file(prepare_data(config), config.model)
+    path.write_bytes(path.read_bytes()[:100])
+    again = Trainer(config, prepare_data(config), progress="quiet").model.linear
+    assert torch.equal(again, solved) and torch.equal(torch.load(path, weights_only=True), solved)
+
+
+def test_sparse_scoring_gives_the_dense_scores_and_the_same_ranks(tmp_path, data_file, monkeypatch):
+    config = config_of("train_esapr_plus", tmp_path, data_file)
+    trainer = Trainer(config, prepare_data(config), progress="quiet")
+    model = trainer.model.eval()
+    assert model.compute_note() == "sparse item-item scoring"
+    batch = next(iter(trainer.batches.eval_batches("val")))
+    sparse = trainer.evaluate("val")
+    with torch.no_grad():
+        sparse_scores = model.scores(batch)
+        monkeypatch.setattr(esapr_plus, "sparse_scoring", lambda device: False)
+        dense_scores = model.scores(batch)
+    dense = trainer.evaluate("val")
+    torch.testing.assert_close(sparse_scores, dense_scores, atol=1e-5, rtol=0)
+    assert (sparse.ranks == dense.ranks).all() and (sparse.full_ranks == dense.full_ranks).all()
+    assert sparse.metrics == dense.metrics
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan")])

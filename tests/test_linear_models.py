@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import esapr.data.batches.history as history
 import esapr.models.sasrec as sasrec
 from esapr.config import build_config
 from esapr.data.batches.history import HistoryBatches, RecentHistoryBatches
 from esapr.data.batches.types import SequenceBatch
-from esapr.data.prepare import PreparedData
+from esapr.data.prepare import PreparedData, prepare_data
 from esapr.data.sequences import Sequences
 from esapr.errors import Interrupted, UserError
 from esapr.experiment import Experiment
@@ -24,7 +25,7 @@ from esapr.models import DataInfo, build_model
 from esapr.models.ease import EASE
 from esapr.models.sasrec import next_item_ce_loss
 from esapr.models.slist import SLIST
-from esapr.training.trainer import train
+from esapr.training.trainer import Trainer, train
 from tests.conftest import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,9 +98,10 @@ def test_history_rows_are_binary_or_recency_weighted_training_parts(tmp_path):
                                                                 [0, 0, 1, 0, 0, 0]]
     test = next(binary.eval_batches("test"))          # the history before the test answer: val item included
     assert test.answers.tolist() == [5, 5, 2]
-    assert test.history.tolist() == [[0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]]
+    assert test.history.is_sparse                     # scored by a sparse product on a CPU
+    assert test.history.to_dense().tolist() == [[0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1]]
     val = next(recent.eval_batches("val"))
-    assert torch.equal(val.history, recent.user_rows().to_dense())
+    assert torch.equal(val.history.to_dense(), recent.user_rows().to_dense())
 
 
 # --- SLIST --------------------------------------------------------------------------------------------
@@ -148,6 +150,27 @@ def test_slist_with_alpha_one_is_ease_on_its_rows():
 
 def grid_config(template, data_file, root, **overrides):
     return build_config([template], tiny(template, data_file, experiment_root=str(root), **overrides))
+
+
+@pytest.mark.parametrize("template", ["train_ease", "train_slist"])
+def test_sparse_scoring_gives_the_dense_scores_and_the_same_ranks(tmp_path, data_file, monkeypatch, template):
+    """On a CPU the history rows stay sparse and are scored by torch.sparse.mm (the start-up line
+    says so); forced dense, as on a GPU, the scores agree to float rounding and every user's rank
+    on both protocols is the same."""
+    config = grid_config(template, data_file, tmp_path)
+    trainer = Trainer(config, prepare_data(config), progress="quiet")
+    trainer.model.fit_closed_form(trainer.setting(1), trainer.batches)
+    assert "| cpu, fp32, sparse item-item scoring |" in trainer.summary(Experiment(tmp_path / "run"))
+    batch = next(iter(trainer.batches.eval_batches("test")))
+    sparse_scores, sparse = trainer.model.scores(batch), trainer.evaluate("test")
+    monkeypatch.setattr(history, "sparse_scoring", lambda device: False)
+    assert trainer.model.compute_note() == "dense item-item scoring"
+    dense_batch = next(iter(trainer.batches.eval_batches("test")))
+    assert batch.history.is_sparse and not dense_batch.history.is_sparse
+    torch.testing.assert_close(sparse_scores, trainer.model.scores(dense_batch), atol=1e-5, rtol=0)
+    dense = trainer.evaluate("test")
+    assert (sparse.ranks == dense.ranks).all() and (sparse.full_ranks == dense.full_ranks).all()
+    assert sparse.metrics == dense.metrics and sparse.full_ranks.min() >= 0
 
 
 def test_the_setting_best_on_validation_is_kept_and_tested(tmp_path, data_file, monkeypatch):

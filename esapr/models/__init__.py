@@ -51,6 +51,11 @@ class SequentialModel(nn.Module):
     def make_schedule(self) -> Schedule:
         return Schedule()
 
+    def compute_note(self) -> str:
+        """How the model computes on its device where that is chosen by device (the start-up line
+        says it: "sparse item-item scoring"); '' by default."""
+        return ""
+
     def prepare(self, data) -> None:
         """Fit what the model computes in closed form from the training data (``PreparedData``),
         before its first epoch; nothing by default. A loaded model is not prepared: its state

@@ -22,7 +22,7 @@ class EASE(LinearItemModel):
         if self.user_gram is None:
             rows = batches.user_rows().to(self.solve_dtype)
             self.user_gram = gram(rows, rows)
-        p = ridge_inverse(self.user_gram, setting["ease_lambda"])
-        b = p / -torch.diagonal(p)      # B_ij = -P_ij / P_jj off the diagonal
+        b = ridge_inverse(self.user_gram, setting["ease_lambda"])
+        b /= -torch.diagonal(b).clone()     # B_ij = -P_ij / P_jj off the diagonal, in place
         b.fill_diagonal_(0.0)
         self.weights.copy_(b)

@@ -4,8 +4,9 @@ solution of a ridge regression, one per setting of the model's grid; the trainer
 settings in turn and keeps the one best on validation.
 
 Memory and time: dense V x V matrices, computed with torch on the run's device: the Gram
-matrices (kept over the grid), the inverse, the solution and a temporary, in float64 up to
-FLOAT64_ITEMS items and float32 beyond, and the weights in float32. ML-1M (3,417 x 3,417): 93 MB
+matrices (kept over the grid), the regularised copy, its Cholesky factor and the inverse (EASE
+turns it into its solution in place, SLIST adds one), in float64 up to FLOAT64_ITEMS items and
+float32 beyond, and the weights in float32. ML-1M (3,417 x 3,417): 93 MB
 a float64 matrix, seconds an inverse on a CPU core; 30,000 items: 3.6 GB a float32 matrix and
 about 2.7e13 operations an inverse (a GPU).
 """
@@ -16,6 +17,7 @@ import warnings
 
 import torch
 
+from esapr.data.batches.history import scored_rows, scoring_note
 from esapr.data.batches.types import HistoryBatch
 from esapr.errors import UserError
 from esapr.models import DataInfo, SequentialModel
@@ -31,10 +33,19 @@ def gram(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 
 def ridge_inverse(gram: torch.Tensor, lam: float) -> torch.Tensor:
-    """P = (G + lam I)⁻¹, by Cholesky (G is a Gram matrix, so G + lam I is positive definite)."""
+    """P = (G + lam I)⁻¹, by Cholesky (G is a Gram matrix, so G + lam I is positive definite); the
+    regularised copy is freed before the inverse is made (two V x V matrices besides G at most).
+
+    One factorisation per lam, although G is the same over a grid: an eigendecomposition G = Q
+    diag(e) Qᵀ would serve every lam, but rebuilding P = Q diag(1/(e + lam)) Qᵀ is a V x V matmul,
+    which costs more than this Cholesky inverse, and the eigendecomposition itself several of them
+    (at 7,900 items, EASE's grid of 3: 3.1x the CPU time of three Cholesky inverses;
+    benchmarks/README.md), so it does not pay on any grid."""
     regularised = gram.clone()
     regularised.diagonal().add_(lam)
-    return torch.cholesky_inverse(torch.linalg.cholesky(regularised))
+    factor = torch.linalg.cholesky(regularised)
+    del regularised
+    return torch.cholesky_inverse(factor)
 
 
 def zero_diagonal_ridge(gram: torch.Tensor, target: torch.Tensor, lam: float) -> torch.Tensor:
@@ -43,7 +54,7 @@ def zero_diagonal_ridge(gram: torch.Tensor, target: torch.Tensor, lam: float) ->
     P e_j, its multiplier mu_j = (PR)_jj / P_jj making W_jj = 0, so W = PR - P diag(mu)."""
     p = ridge_inverse(gram, lam)
     w = p @ target
-    w -= p * (torch.diagonal(w) / torch.diagonal(p))
+    w.addcmul_(p, torch.diagonal(w) / torch.diagonal(p), value=-1.0)      # in place: no V x V temporary
     w.fill_diagonal_(0.0)           # 0 up to rounding already
     return w
 
@@ -80,10 +91,12 @@ def check_dense_memory(model: str, n_items: int, copies: int) -> None:
 
 
 class LinearItemModel(SequentialModel):
-    """An item-item weight matrix fitted in closed form over ``grid``; scoring is one matmul."""
+    """An item-item weight matrix fitted in closed form over ``grid``; scoring is one matmul
+    (sparse rows on a CPU: ``history.sparse_scoring``)."""
 
-    # dense V x V matrices alive at the solve's peak (measured: EASE 1.6 GB at 6,000 items in float64)
-    PEAK_COPIES = 6
+    # dense V x V matrices alive at the solve's peak, with a margin (measured above the process's own
+    # memory at 7,900 items in float64: 3.4; benchmarks/closed_form.py)
+    PEAK_COPIES = 5
 
     def __init__(self, info: DataInfo, grid: list[dict]):
         super().__init__()
@@ -97,4 +110,7 @@ class LinearItemModel(SequentialModel):
         return self.grid
 
     def scores(self, batch: HistoryBatch) -> torch.Tensor:
-        return batch.history @ self.weights
+        return scored_rows(batch.history, self.weights)
+
+    def compute_note(self) -> str:
+        return scoring_note(self.weights.device)

@@ -63,4 +63,4 @@ class SequenceBatch(Batch):
 @dataclass(kw_only=True)
 class HistoryBatch(Batch):
     """EASE and SLIST: each user's history before the target as one row over the items."""
-    history: Tensor     # [B, n_items + 1] (column 0, the padding, is 0)
+    history: Tensor     # [B, n_items + 1] (column 0, the padding, is 0); sparse COO where scored sparsely
