@@ -107,7 +107,7 @@ def in_seconds(timestamps: np.ndarray, unit: str, raw: Path) -> np.ndarray:
 
 
 @contextmanager
-def _cache_lock(folder: Path):
+def cache_lock(folder: Path):
     """One process at a time prepares a cache; another waits for it, then reads what it made."""
     lock = FolderLock(folder, "it is preparing this data")
     lock.acquire(wait=True, on_wait=lambda message: print(f"esapr: {message}", file=sys.stderr))
@@ -123,7 +123,7 @@ def load_sequences(data: DataOptions) -> tuple[Sequences, Path, Path]:
     raw = raw_file(data)
     folder = cache_dir(data, raw)
     path = folder / "sequences.npz"
-    with _cache_lock(folder):
+    with cache_lock(folder):
         if path.is_file():
             try:
                 return Sequences.load(path), folder, raw
@@ -138,7 +138,7 @@ def load_sequences(data: DataOptions) -> tuple[Sequences, Path, Path]:
 
 def test_negatives(data: DataOptions, sequences: Sequences, folder: Path) -> np.ndarray:
     """The evaluation negatives of the prepared sequences in ``folder`` (cached there)."""
-    with _cache_lock(folder):
+    with cache_lock(folder):
         return cached_negatives(sequences, folder, data.test_negative_sampler_code, data.test_negative_sample_size,
                                 data.test_negative_sampling_seed, legacy=data.legacy_negatives)
 
@@ -152,7 +152,7 @@ def prepare_data(config: Config) -> PreparedData:
     negatives = test_negatives(data, sequences, folder)
     train_negatives = None
     if pool is not None:
-        with _cache_lock(folder):
+        with cache_lock(folder):
             train_negatives = cached_negatives(sequences, folder, pool.train_negative_sampler_code,
                                                pool.train_negative_sample_size, pool.train_negative_sampling_seed,
                                                legacy=data.legacy_negatives)

@@ -26,7 +26,7 @@ import torch
 
 from esapr.data.batches.history import RecentHistoryBatches, scored_rows, scoring_note, sparse_scoring
 from esapr.data.batches.types import BagBatch
-from esapr.data.prepare import _cache_lock
+from esapr.data.prepare import cache_lock
 from esapr.files import atomic_write
 from esapr.models import DataInfo
 from esapr.models.linear import check_dense_memory, solve_dtype
@@ -89,7 +89,7 @@ class EsaprPlus(VAE):
         if self.linear_weight == 0:
             return
         path = linear_cache_file(data, self.options)
-        with _cache_lock(path.parent):
+        with cache_lock(path.parent):
             weights = read_linear(path, self.linear.shape)
             if weights is None:
                 weights = self.solve_linear(data).cpu()
