@@ -271,7 +271,7 @@ def test_a_study_killed_twice_ends_with_its_budget_counted_once(tmp_path, data_f
     os.kill(command.pid, signal.SIGKILL)     # the workers stop with it (SIGTERM): their trials are queued again
     command.communicate()
     wait_for(lambda: all(dead(t, folder) for t in study_of(folder).get_trials(states=(TrialState.RUNNING,))),
-             timeout=60, what="the workers of the killed command to stop")
+             timeout=240, what="the workers of the killed command to stop")
     last = start_cli(args, tmp_path)
     out, err = last.communicate(timeout=300)
     assert last.returncode == 0, err
