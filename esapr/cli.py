@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     previous = signal.signal(signal.SIGTERM, _terminate)   # a kill ends like Ctrl-C: status "interrupted"
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C interrupts even where a parent ignored it
     try:
         return _run(argv)
     except BrokenPipeError:

@@ -197,9 +197,10 @@ def build_config(templates: list[str] | None = None, overrides: dict[str, Any] |
                     evaluation=EvalOptions(**parts["evaluation"]),
                     training=TrainOptions(**parts["training"]) if fam.trained else None,
                     model=fam.options(**parts["model"]))
-    if config.run.experiment_name is None:   # a pilot run never takes the real run's folder
-        name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else fam.code
-        config.run.experiment_name = name + ("_pilot" if config.run.pilot else "")
+    if config.run.experiment_name is None:
+        config.run.experiment_name = PurePath(templates[-1]).stem.removeprefix("train_") if templates else fam.code
+    if config.run.pilot and "experiment_name" not in overrides and apply_templates:
+        config.run.experiment_name += "_pilot"      # a pilot run never takes the real run's folder
     if config.run.experiment_group is None:
         config.run.experiment_group = _data_group(config.data)
     validate(config)
@@ -243,7 +244,7 @@ def _data_group(data: DataOptions) -> str:
 
 def _warn_mixed_models(templates: list[str]) -> None:
     codes = {name: template_values([name]).get("model_code") for name in templates}
-    named = {name: code for name, code in codes.items() if code is not None}
+    named = {name: str(code) for name, code in codes.items() if code is not None}
     if len(set(named.values())) > 1:
         last = list(named.values())[-1]
         warnings.warn(f"the templates set different model_code values ("

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from esapr.config import Config, saved_config
+from esapr.options.spec import short
 from esapr.errors import UserError, first_line
 from esapr.metrics import FULL, per_user
 from esapr.files import FolderLock, atomic_write, atomic_write_text, on_drive, refuse_links, remove_leftovers
@@ -97,7 +98,7 @@ class Experiment:
         same weights again, or train on to early stopping where a limit was meant)."""
         if self.status() != "finished":
             return
-        done = int((self.read_results() or {}).get("epochs", 0))
+        done = self.finished_epochs()
         if config.training is None:
             raise UserError(f"{self.path} holds a finished run that fitted its whole grid; there is nothing to "
                             f"continue (--overwrite trains it again)")
@@ -106,6 +107,16 @@ class Experiment:
             raise UserError(f"{self.path} holds a finished run of {done} epochs; to continue it pass --resume "
                             f"--num_epochs N with N above {done} (-1: until early stopping), or --overwrite to "
                             f"train it again")
+
+    def finished_epochs(self) -> int:
+        """The epochs a finished run's results.json says it ran; a value that is no whole number of
+        epochs is a damaged file, named in one line."""
+        epochs = (self.read_results() or {}).get("epochs", 0)
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not float(epochs).is_integer() \
+                or not 0 <= epochs < 2**31:
+            raise UserError(f"{self.path / 'results.json'}: damaged (epochs {short(epochs)}); train the run again "
+                            f"with --overwrite")
+        return int(epochs)
 
     def start(self, config: Config, extra: dict) -> None:
         """A new run: the old run's files go first (overwrite, or an earlier start that never

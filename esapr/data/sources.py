@@ -289,12 +289,20 @@ def _is_utf8(path: Path) -> bool:
 def _split_header(line: str) -> tuple[list[str], str | None]:
     """(fields, separator) of the first line under the first separator that makes it name a user
     and an item column; (its widest split, None) when none does."""
-    splits = {sep: line.split() if sep == WHITESPACE else next(csv.reader([line], delimiter=sep))
-              for sep in _HEADER_SEPS}
+    splits = {sep: line.split() if sep == WHITESPACE else _csv_fields(line, sep) for sep in _HEADER_SEPS}
     for sep, fields in splits.items():
         if _find(fields, USER_COLUMNS) is not None and _find(fields, ITEM_COLUMNS) is not None:
             return fields, sep
     return max(splits.values(), key=len), None
+
+
+def _csv_fields(line: str, sep: str) -> list[str]:
+    """One line's CSV fields; a field longer than the csv module takes (a sequence file's one long
+    line of items, say) is no header name: plain splitting is enough to tell."""
+    try:
+        return next(csv.reader([line], delimiter=sep))
+    except csv.Error:
+        return line.split(sep)
 
 
 def _header_error(path: Path, header: list[str]) -> UserError:

@@ -85,9 +85,13 @@ def check_dense_memory(model: str, n_items: int, copies: int) -> None:
     need = copies * vocab * vocab * torch.finfo(solve_dtype(n_items)).bits // 8
     free = available_memory()
     if free is not None and need > free:
-        raise UserError(f"{model} needs about {need / 2**30:.1f} GiB for its dense {vocab:,} x {vocab:,} item "
-                        f"matrices and {free / 2**30:.1f} GiB are free: keep fewer items (raise --min_sc), use a "
-                        f"machine with more memory, or another model")
+        raise UserError(f"{model} needs about {_size(need)} for its dense {vocab:,} x {vocab:,} item matrices and "
+                        f"{_size(free)} are free: keep fewer items (raise --min_sc), use a machine with more memory, "
+                        f"or another model")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 class LinearItemModel(SequentialModel):

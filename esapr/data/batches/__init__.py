@@ -101,7 +101,7 @@ class BatchBuilder:
     def generator(self, epoch: int, stream: int = 0) -> torch.Generator:
         """A generator that depends only on (dataloader_random_seed, epoch, stream)."""
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.training.dataloader_random_seed * 1_000_003 + epoch) * 31 + stream)
+        g.manual_seed(((self.training.dataloader_random_seed * 1_000_003 + epoch) * 31 + stream) % 2**63)
         return g
 
     def train_batches(self, epoch: int, limit: int | None = None) -> Iterator[Batch]:
