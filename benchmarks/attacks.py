@@ -18,14 +18,16 @@ stderr or in any ``*.log`` under ``work/``), wrote-outside, lost-or-mixed (a run
 results mixed), unclear (exit code or message not as expected), timeout (90 s per attack).
 
 Safety on a shared machine: every process runs with a soft address-space limit (8 GB), so a
-dense allocation fails instead of waking the OOM killer, and without the root capabilities that
-bypass file permissions (so read-only folders are read-only even when run as root). The pass
-takes about 10 minutes on 2 cores. Exit status 0 when every attack passed, 1 otherwise.
+dense allocation fails instead of waking the OOM killer, without the root capabilities that
+bypass file permissions (so read-only folders are read-only even when run as root), and with an
+unreachable HTTP proxy (no download). The pass takes 7-8 minutes on 2 cores. Exit status 0 when
+every attack passed, 1 otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import re
@@ -175,9 +177,12 @@ def cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _drop_privileges_and_limit() -> None:
-    """In the child before exec: a soft address-space limit; no capability that bypasses file
-    permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so read-only folders hold for root too."""
+def _child_setup(sigint=signal.SIG_DFL) -> None:
+    """In the child before exec: SIGINT as a terminal leaves it (default; SIG_IGN as under
+    ``nohup`` or ``&``), whatever this script inherited; a soft address-space limit; no
+    capability that bypasses file permissions (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so
+    read-only folders hold for root too."""
+    signal.signal(signal.SIGINT, sigint)
     try:
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, resource.RLIM_INFINITY))
     except (ValueError, OSError):
@@ -230,7 +235,7 @@ class Context:
 
     def spawn(self, *args, label: str = "", env: dict | None = None, unset: tuple = (),
               cwd: Path | None = None, argv: list | None = None, stdout=None,
-              stderr=None) -> subprocess.Popen:
+              stderr=None, sigint=signal.SIG_DFL) -> subprocess.Popen:
         """Start ``esapr args`` (or argv) in the background, its output in files under _io/."""
         n = len(self.spawned)
         out_path, err_path = self.io / f"{n}.out", self.io / f"{n}.err"
@@ -239,7 +244,8 @@ class Context:
             popen = subprocess.Popen(argv, cwd=cwd or self.work, env=self._env(env, unset),
                                      stdout=stdout if stdout is not None else out,
                                      stderr=stderr if stderr is not None else err, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_drop_privileges_and_limit, start_new_session=True)
+                                     preexec_fn=functools.partial(_child_setup, sigint),
+                                     start_new_session=True)
         self.spawned.append(Spawned(label or (args[0] if args else "cmd"), [str(a) for a in argv], popen,
                                     out_path, err_path, time.monotonic()))
         return popen
@@ -283,6 +289,14 @@ class Context:
             popen.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+
+    def signal(self, popen: subprocess.Popen, sig: int, group: bool = False) -> None:
+        """Send sig to a running process (or its process group, as a terminal's Ctrl-C does);
+        one that has already ended makes the attack unclear, not a pass or a failure."""
+        if popen.poll() is not None:
+            raise Unclear(f"'{self._spawned(popen).label}' had ended (exit {popen.returncode}) before "
+                          f"{signal.Signals(sig).name} was sent")
+        (os.killpg if group else os.kill)(popen.pid, sig)
 
     def strays(self) -> list[int]:
         """Processes still alive that this attack started (by the token in their environment)."""
@@ -703,7 +717,7 @@ def _(ctx):
     args = compare_args(data, ("train_ease", "train_vae_net"), ("0", "1"), "--jobs", "2", *LONG, epochs=300)
     first = ctx.spawn(*args, label="compare (killed)")
     ctx.wait_for(training(ctx, first), 40, "vae_net_seed0 training")
-    os.kill(first.pid, signal.SIGKILL)
+    ctx.signal(first, signal.SIGKILL)
     ctx.finish(first)
     rerun = ctx.cli(*args, label="compare (rerun)")
     ctx.works(rerun)
@@ -711,23 +725,32 @@ def _(ctx):
     no_strays(ctx)
 
 
-@attack("kill-compare-sigint", "kills", "clean",
-        "Ctrl-C (SIGINT to the process group) on compare --jobs 2: one line, no traceback in any log; "
-        "a rerun then holds all 4")
-def _(ctx):
-    data = ctx.data()
-    args = compare_args(data, ("train_ease", "train_vae_net"), ("0", "1"), "--jobs", "2", *LONG, epochs=300)
-    first = ctx.spawn(*args, label="compare (Ctrl-C)")
-    ctx.wait_for(training(ctx, first), 40, "vae_net_seed0 training")
-    os.killpg(first.pid, signal.SIGINT)
-    interrupted = ctx.finish(first, 30)
-    if interrupted.rc == 0:
-        raise Unclear("compare exited 0 after Ctrl-C")
-    rerun = ctx.cli(*args, label="compare (rerun)")
-    ctx.works(rerun)
-    table_holds(ctx, 4)
-    ctx.main = interrupted
-    ctx.clean(interrupted)
+def sigint_compare(id: str, ignored: bool) -> None:
+    """Ctrl-C (SIGINT to compare's process group) mid-training, then a rerun; ignored: compare
+    starts with SIGINT ignored (as under ``nohup`` or ``&``) and must still stop on it."""
+    start = "started with SIGINT ignored (nohup, &)" if ignored else "from a terminal"
+
+    @attack(id, "kills", "clean",
+            f"Ctrl-C (SIGINT to the process group) on compare --jobs 2 {start}: one line, no traceback "
+            f"in any log; a rerun then holds all 4")
+    def _(ctx):
+        data = ctx.data()
+        args = compare_args(data, ("train_ease", "train_vae_net"), ("0", "1"), "--jobs", "2", *LONG, epochs=300)
+        first = ctx.spawn(*args, label="compare (Ctrl-C)", sigint=signal.SIG_IGN if ignored else signal.SIG_DFL)
+        ctx.wait_for(training(ctx, first), 40, "vae_net_seed0 training")
+        ctx.signal(first, signal.SIGINT, group=True)
+        interrupted = ctx.finish(first, 30)
+        if interrupted.rc == 0:
+            raise Unclear("compare exited 0 after Ctrl-C")
+        rerun = ctx.cli(*args, label="compare (rerun)")
+        ctx.works(rerun)
+        table_holds(ctx, 4)
+        ctx.main = interrupted
+        ctx.clean(interrupted)
+
+
+sigint_compare("kill-compare-sigint", ignored=False)
+sigint_compare("kill-compare-sigint-ignored", ignored=True)
 
 
 @attack("kill-compare-sigterm", "kills", "clean",
@@ -737,7 +760,7 @@ def _(ctx):
     first = ctx.spawn(*compare_args(data, ("train_vae_net",), ("0", "1"), "--jobs", "2", *LONG, epochs=300),
                       label="compare (SIGTERM)")
     ctx.wait_for(training(ctx, first), 40, "vae_net_seed0 training")
-    os.kill(first.pid, signal.SIGTERM)
+    ctx.signal(first, signal.SIGTERM)
     proc = ctx.finish(first, 30)
     time.sleep(3)
     no_strays(ctx)
@@ -756,7 +779,7 @@ def _(ctx):
     popen = _training(ctx, data, 500)
     run = ctx.work / "experiments" / "g" / "vae_net"
     ctx.wait_for(lambda: _val_rows(run) >= 2 or popen.poll() is not None, 60, "two epochs")
-    os.kill(popen.pid, signal.SIGTERM)
+    ctx.signal(popen, signal.SIGTERM)
     time.sleep(0.02)
     try:
         os.kill(popen.pid, signal.SIGTERM)
@@ -779,7 +802,7 @@ def _(ctx):
     popen = _training(ctx, data, 8)
     run = ctx.work / "experiments" / "g" / "vae_net"
     ctx.wait_for(lambda: _val_rows(run) >= 3 or popen.poll() is not None, 40, "three epochs")
-    os.kill(popen.pid, signal.SIGKILL)
+    ctx.signal(popen, signal.SIGKILL)
     ctx.finish(popen)
     resumed = ctx.cli(*train_args(data, "train_vae_net", "--resume", epochs=8), label="resume")
     ctx.works(resumed)
@@ -828,7 +851,8 @@ def _(ctx):
     ctx.wait_for(lambda: (run / "models" / "recent_checkpoint.pth").exists() or popen.poll() is not None,
                  40, "a checkpoint")
     proc = ctx.cli("evaluate", "--experiment", run, label="evaluate")
-    os.kill(popen.pid, signal.SIGTERM)
+    if popen.poll() is None:
+        popen.terminate()
     ctx.finish(popen, 30)
     ctx.main = proc
     ctx.clean_or_works(proc)
@@ -1344,6 +1368,7 @@ def run_attack(attack: Attack, root: Path, code: Path, keep: bool) -> dict:
         "processes": [{"label": p.label, "argv": [_shown(_short(a, ctx.work)) for a in p.argv[1:]]
                        if p.argv[1] != "-c" else ["-c", "<script>"],
                        "rc": p.rc, "seconds": round(p.seconds, 1),
+                       "stdout_tail": [_shown(_short(line, ctx.work)) for line in p.out.splitlines()[-3:]],
                        "stderr_tail": [_shown(_short(line, ctx.work)) for line in p.err.splitlines()[-4:]]}
                       for p in ctx.procs],
     }
