@@ -499,7 +499,8 @@ def no_strays(ctx: Context) -> None:
 # ======================================================================== compare/concurrency
 
 @attack("cmp-two-at-once", "compare/concurrency", "works",
-        "two compares of the same 4 runs at once, --jobs 2 each: both exit 0, each table holds all 4")
+        "two compares of the same 4 runs at once, --jobs 2 each: both exit 0, neither calls a run "
+        "failed, the table holds all 4")
 def _(ctx):
     data = ctx.data()
     args = compare_args(data, ("train_ease", "train_vae_net"), ("0", "1"), "--jobs", "2", epochs=3)

@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = None
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:   # after a SIGTERM, later ones stay ignored
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(argv: list[str]) -> int:

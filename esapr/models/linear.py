@@ -13,6 +13,7 @@ about 2.7e13 operations an inverse (a GPU).
 from __future__ import annotations
 
 import os
+import resource
 import warnings
 
 import torch
@@ -64,18 +65,28 @@ def solve_dtype(n_items: int) -> torch.dtype:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory free for a new allocation on this machine (None where it cannot be read)."""
+    """Bytes of memory free for a new allocation: the machine's free memory, or this process's
+    address-space limit where that is lower (None where neither can be read)."""
+    free = None
     try:
         with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            free = next((int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:")), None)
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        free = limit if free is None else min(free, limit)
+    return free
+
+
+# the share of the free memory a solve may take: the estimate is of its matrices alone, and the
+# process, the data and other programs need the rest
+FREE_SHARE = 0.8
 
 
 def check_dense_memory(model: str, n_items: int, copies: int) -> None:
@@ -84,7 +95,7 @@ def check_dense_memory(model: str, n_items: int, copies: int) -> None:
     vocab = n_items + 1
     need = copies * vocab * vocab * torch.finfo(solve_dtype(n_items)).bits // 8
     free = available_memory()
-    if free is not None and need > free:
+    if free is not None and need > FREE_SHARE * free:
         raise UserError(f"{model} needs about {_size(need)} for its dense {vocab:,} x {vocab:,} item matrices and "
                         f"{_size(free)} are free: keep fewer items (raise --min_sc), use a machine with more memory, "
                         f"or another model")
