@@ -204,7 +204,7 @@ def _run_children(runs: list[Run], plans: list[RunPlan], todo: list[int], outcom
     env = {**os.environ, **thread_env(jobs), "PYTHONWARNINGS": "ignore"}
     say(f"{jobs} runs at a time, each with {_threads_per_job(jobs)} thread(s) of the {_cores()} core(s) "
         f"(OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS)")
-    stop_with_parent = _stop_with_parent()
+    stop_with_parent = stop_with_parent_fn()
     waiting, held, active = list(todo), [], {}
     try:
         while waiting or held or active:
@@ -234,7 +234,7 @@ def _run_children(runs: list[Run], plans: list[RunPlan], todo: list[int], outcom
                 handle.close()
                 del active[i]
                 run, plan = runs[i], plans[i]
-                note = "" if process.returncode == 0 else _last_error(log, process.returncode)
+                note = "" if process.returncode == 0 else last_error(log, process.returncode)
                 if note and _taken(run, note, replan):
                     held.append(i)          # waited for (if still held), planned again, then reused
                     continue
@@ -261,7 +261,7 @@ def _open_log(run: Run) -> tuple[Path, Any]:
     return log, os.fdopen(fd, "w")
 
 
-def _stop_with_parent() -> Callable[[], None] | None:
+def stop_with_parent_fn() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies (Linux
     ``prctl(PR_SET_PDEATHSIG)``): a SIGKILLed compare leaves no run training unsupervised; each
     stops as interrupted and the next compare resumes it. None where prctl is unavailable."""
@@ -280,7 +280,7 @@ def _stop_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _last_error(log: Path, code: int) -> str:
+def last_error(log: Path, code: int) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("esapr: error:")]
     last = errors[-1] if errors else (lines[-1] if lines else "")

@@ -41,7 +41,7 @@ from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from esapr.comparison.plan import PYTHON, Names, tune_folder, whole
-from esapr.comparison.pool import _last_error, _stop_with_parent, _threads_per_job
+from esapr.comparison.pool import last_error, stop_with_parent_fn, thread_env
 from esapr.config import ALL_OPTIONS, RESUME_DATA, build_config, owners, readers
 from esapr.errors import UserError
 from esapr.options.spec import short
@@ -183,8 +183,7 @@ def _run_workers(search: Search, pruner, jobs: int, say) -> None:
     import optuna
     folder = Path(search.folder) / "logs"
     folder.mkdir(parents=True, exist_ok=True)
-    threads = str(_threads_per_job(jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **thread_env(jobs), "PYTHONWARNINGS": "ignore"}
     payload = pickle.dumps((search, pruner))
     workers = []
     try:
@@ -193,7 +192,7 @@ def _run_workers(search: Search, pruner, jobs: int, say) -> None:
             handle = open(log, "w")
             process = subprocess.Popen([sys.executable, "-m", "esapr.tuning"], stdin=subprocess.PIPE, stdout=handle,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                       preexec_fn=_stop_with_parent())
+                                       preexec_fn=stop_with_parent_fn())
             process.stdin.write(payload)
             process.stdin.close()
             workers.append((process, log, handle))
@@ -213,6 +212,6 @@ def _run_workers(search: Search, pruner, jobs: int, say) -> None:
                 process.terminate()
             process.wait()
             handle.close()
-    errors = [_last_error(log, process.returncode) for process, log, _ in workers if process.returncode != 0]
+    errors = [last_error(log, process.returncode) for process, log, _ in workers if process.returncode != 0]
     if errors:
         raise UserError(f"{search.template}: {len(errors)} of {jobs} workers failed ({errors[0]}); see {folder}")
