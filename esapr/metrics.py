@@ -57,6 +57,11 @@ def per_user(ranks, name: str, xp=None):
     return metric.per_user(ranks * 1.0 if xp.__name__ == "numpy" else ranks, k, xp)
 
 
+def is_metric(name: str) -> bool:
+    """Whether ``name`` is a metric of the table (a log's other columns are settings or epochs)."""
+    return sort_key(name)[0] < 2
+
+
 def sort_key(name: str) -> tuple:
     """Display order: sampled before full, the table's order, ascending k; other names last."""
     try:

@@ -13,7 +13,6 @@ display or a GUI backend and nothing is left open in pyplot's figure list.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -23,12 +22,11 @@ from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.families import FAMILIES, model_label
 from esapr.figures import save_figure, table_canvas, text_lines, wrap
-from esapr.metrics import FULL, per_user, sort_key
+from esapr.metrics import FULL, is_metric, per_user, sort_key
 from esapr.progress import seconds
 
 VAE_PREFIX = "VAE"   # models whose label starts with this are "VAE variants" (bold in the figure)
 
-_METRIC = re.compile(r"^(full_)?(NDCG|Recall)@(\d+)$|^(full_)?MRR$")
 
 
 # --- reading experiment folders ------------------------------------------------------------------
@@ -119,7 +117,7 @@ def results_table(paths_or_root, metrics: Iterable[str] | None = None, split: st
             if not values:
                 continue
             # metrics only (a closed-form model's val_log row also names its setting)
-            row = {str(k): float(v) for k, v in values.items() if _METRIC.match(str(k)) and v not in (None, "")}
+            row = {str(k): float(v) for k, v in values.items() if is_metric(str(k)) and v not in (None, "")}
             record = (_dataset_label(config, results), model_label(config), path, row)
             if not all(isinstance(label, str) for label in record[:2]):
                 raise TypeError(f"model or dataset name {record[:2]!r} is not text")
@@ -326,7 +324,7 @@ def plot_curves(path, png=None, metric: str | None = None):
     if full in val.columns and val[full].notna().any():
         top.plot(val["epoch"], val[full], color="tab:cyan", lw=1.0, ls="--", label=f"val {full}")
     # a closed-form model's rows are the settings of its grid (their values in the other columns)
-    settings = [c for c in val.columns if c != "epoch" and sort_key(c)[0] == 2]
+    settings = [c for c in val.columns if c != "epoch" and not is_metric(c)]
     step = "setting" if settings else "epoch"
     best = val.loc[val[metric].idxmax()]
     top.plot([best["epoch"]], [best[metric]], marker="*", color="tab:red", ms=12, ls="none",
