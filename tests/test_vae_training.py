@@ -70,6 +70,49 @@ def test_transfer_stages_halve_recover_len_to_one(tmp_path):
     assert [s for i, s in enumerate(stages) if i == 0 or s != stages[i - 1]] == [16, 8, 4, 2, 1]
 
 
+def _stages_by_rule(metrics: list[float], patience: int, stop_at_idle: bool, max_len: int) -> list[int]:
+    """The recover_len of every epoch that the stage rule gives for this validation sequence."""
+    recover, best, best_epoch, wait_from, stage_from, stages = max_len, -1.0, 0, 0, 0, []
+    for epoch, metric in enumerate(metrics, 1):
+        stages.append(recover)
+        if metric > best:
+            best, best_epoch, wait_from = metric, epoch, epoch
+        elif epoch - wait_from >= patience:
+            if recover <= 1 or (stop_at_idle and best_epoch <= stage_from):
+                break
+            recover //= 2
+            wait_from = stage_from = epoch
+    return stages
+
+
+@pytest.mark.parametrize("stop_at_idle", [True, False])
+def test_stage_patience_and_stop_at_idle_stage(tmp_path, stop_at_idle):
+    config = small_config(tmp_path, num_epochs=80, saturation_wait_epochs=50, stage_patience=2, lr=0.05,
+                          stop_at_idle_stage=stop_at_idle, experiment_name=f"idle_{stop_at_idle}")
+    results = train(config, progress=False)
+    experiment = Experiment(Path(results["experiment"]))
+    metrics = [float(row["NDCG@10"]) for row in experiment.read_table("val_log")]
+    stages = [int(row["recover_len"]) for row in experiment.read_table("train_log")]
+    assert stages == _stages_by_rule(metrics, 2, stop_at_idle, 16)
+    assert len(stages) < 80 and stages[-1] >= 1
+    if not stop_at_idle:
+        assert stages[-1] == 1
+
+
+def test_idle_stage_ends_the_run_only_when_asked():
+    config = build_config(["train_vae"], dict(encoder_hidden_layer=[8], encode_len=4, max_len=16, stage_patience=3))
+    model = build_model(config, DataInfo(3, 10, 1))
+    schedule = model.make_schedule()
+    assert schedule.patience(32) == 3
+    assert schedule.on_plateau(model, improved=False).message == "recover_len -> 8"
+    idle = build_model(build_config(["train_vae"], dict(encoder_hidden_layer=[8], encode_len=4, max_len=16,
+                                                        stop_at_idle_stage=True)), DataInfo(3, 10, 1))
+    schedule = idle.make_schedule()
+    assert schedule.patience(32) == 32
+    assert schedule.on_plateau(idle, improved=True).message == "recover_len -> 8"
+    assert schedule.on_plateau(idle, improved=False) is None
+
+
 def test_model_init_is_seeded():
     config = build_config(["train_vae"], dict(encoder_hidden_layer=[8], encode_len=4))
     info = DataInfo(n_users=3, n_items=10, n_days=1)

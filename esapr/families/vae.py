@@ -20,6 +20,10 @@ class VaeOptions(WindowOptions, RecencyWeights):
     scaled_loss: bool = option(True, "rescale the loss by total/recovered weight")
     decrease_dropout: bool = option(False, "scale input dropout by recover_len/max_len after transfers")
     best_model_transfer: bool = option(True, "reload the best weights at each transfer")
+    stage_patience: int = option(0, "epochs without improvement that end a transfer stage (0: "
+                                    "saturation_wait_epochs, as the original)", valid=AT_LEAST_0)
+    stop_at_idle_stage: bool = option(False, "end the run when a stage ends without raising the best validation "
+                                             "metric (false: go on down to recover_len 1, as the original)")
     normalize_type: str = option("f", "input normalisation: f (L2) or batch (BatchNorm)", ("f", "batch"))
     encode_len: int = option(128, "latent size", valid=SIZE)
     encoder_hidden_layer: list[int] = option([512], "encoder hidden sizes", valid=SIZE)
@@ -35,6 +39,7 @@ TINY = {"max_len": 10, "train_window": 2, "train_batch_size": 40, "val_batch_siz
         "encoder_hidden_layer": [16], "encode_len": 8, "test_negative_sample_size": 20}
 SPACE = {**TRAINING_SPACE, "dropout": Floats(0.0, 0.8), "anneal_cap": Floats(0.0, 1.0),
          "encoder_hidden_layer": Ints(128, 1024, log=True), "encode_len": Ints(32, 256, log=True),
-         "weight_type": Choice("exp_stair", "exp", "linear", "constant"), "max_len": Ints(16, 256, log=True)}
+         "weight_type": Choice("exp_stair", "exp", "linear", "constant"), "max_len": Ints(16, 256, log=True),
+         "stage_patience": Ints(1, 32, log=True), "stop_at_idle_stage": Choice(True, False)}
 FAMILY = Family("vae", "VAE", VaeOptions, "esapr.models.vae:VAE", "esapr.data.batches.vae:VaeBatches", "BagBatch",
                 TINY, check, space=SPACE)

@@ -19,8 +19,14 @@ class Schedule:
     def before_step(self, model) -> None:
         """Called before each optimizer step (e.g. to set the KL weight)."""
 
-    def on_plateau(self, model) -> Transfer | None:
-        """Validation stopped improving: start a new stage (a Transfer) or stop (None)."""
+    def patience(self, default: int) -> int:
+        """Epochs without improvement that make a plateau in the current stage (``default``: the
+        run's saturation_wait_epochs)."""
+        return default
+
+    def on_plateau(self, model, improved: bool) -> Transfer | None:
+        """Validation stopped improving (``improved``: whether the stage that ends raised the best
+        metric): start a new stage (a Transfer) or stop (None)."""
         return None
 
     def log_values(self) -> dict:

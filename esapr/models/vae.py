@@ -102,7 +102,9 @@ class VAE(SequentialModel):
 
 class TransferSchedule(Schedule):
     """KL annealing (beta = min(cap, steps / total)) and transfer training: at each plateau
-    halve recover_len down to 1, optionally shrink dropout and reload the best weights."""
+    halve recover_len down to 1, optionally shrink dropout and reload the best weights. A stage
+    may have its own patience, and the run may end at the first stage that brings nothing (most
+    of the original's ~280 epochs on ML-100K buy almost nothing on validation)."""
 
     def __init__(self, options):
         self.total_anneal_steps = options.total_anneal_steps
@@ -114,6 +116,8 @@ class TransferSchedule(Schedule):
         self.base_dropout = options.dropout
         self.recover_len = options.max_len
         self.update_count = 0
+        self.stage_patience = options.stage_patience
+        self.stop_at_idle_stage = options.stop_at_idle_stage
 
     def _apply(self, model: VAE) -> None:
         model.recover_len = self.recover_len
@@ -130,8 +134,11 @@ class TransferSchedule(Schedule):
             return min(self.anneal_cap, self.update_count / self.total_anneal_steps)
         return self.anneal_cap
 
-    def on_plateau(self, model: VAE) -> Transfer | None:
-        if not self.train_transfer or self.recover_len <= 1:
+    def patience(self, default: int) -> int:
+        return self.stage_patience or default
+
+    def on_plateau(self, model: VAE, improved: bool) -> Transfer | None:
+        if not self.train_transfer or self.recover_len <= 1 or (self.stop_at_idle_stage and not improved):
             return None
         self.recover_len //= 2
         self._apply(model)

@@ -48,6 +48,7 @@ class TrainState:
     best_metric: float = -math.inf
     best_epoch: int = 0
     patience_from: int = 0        # last epoch that improved or started a new stage
+    stage_from: int = 0           # the epoch the current stage started after (0: the first stage)
     stopped: bool = False
     train_seconds: float = 0.0
     stop_reason: str = ""         # why a validation callback ended the run early (a search pruned it)
@@ -276,7 +277,8 @@ class Trainer:
         """Epochs since the last improvement out of the patience (early stopping's countdown)."""
         if self.grid is not None:
             return {}
-        return {"wait": f"{self.state.epoch - self.state.patience_from}/{self.training.saturation_wait_epochs}"}
+        return {"wait": f"{self.state.epoch - self.state.patience_from}/"
+                        f"{self.schedule.patience(self.training.saturation_wait_epochs)}"}
 
     def _after_validation(self, epoch: int, validation: Evaluation) -> None:
         state = self.state
@@ -284,12 +286,13 @@ class Trainer:
         if metric > state.best_metric:
             state.best_metric, state.best_epoch, state.patience_from = metric, epoch, epoch
             self._keep_best(validation)
-        elif self.grid is None and epoch - state.patience_from >= self.training.saturation_wait_epochs:
-            transfer = self.schedule.on_plateau(self.model)
+        elif self.grid is None and epoch - state.patience_from >= self.schedule.patience(
+                self.training.saturation_wait_epochs):
+            transfer = self.schedule.on_plateau(self.model, improved=state.best_epoch > state.stage_from)
             if transfer is None:
                 state.stopped = True
                 return
-            state.patience_from = epoch
+            state.patience_from = state.stage_from = epoch
             if transfer.reload_best and self.best_weights is not None:
                 self.model.load_state_dict(self.best_weights)
             self.progress.line(f"epoch {epoch}: plateau, {transfer.message}")
