@@ -66,9 +66,13 @@ class VAE(SequentialModel):
         dropped = torch.zeros_like(bag).scatter_add_(1, slots, bag.gather(1, slots) * kept)
         return dropped / (norm * (1 - p))
 
+    def encode(self, batch: BagBatch) -> torch.Tensor:
+        """The encoder's output [B, 2 * latent] (a hook: ESAPR+ adds embeddings of the last items)."""
+        return self.encoder(self.encoder_input(batch))
+
     def logits(self, batch: BagBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(decoder logits [B, n_items + 1], mu, logvar)."""
-        h = self.encoder(self.encoder_input(batch))
+        h = self.encode(batch)
         mu, logvar = h[:, :self.latent], h[:, self.latent:]
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar

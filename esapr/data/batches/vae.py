@@ -5,6 +5,8 @@ target); the bag [B, n_items+1] holds, for each item in slots 0..N-2, its slot w
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from esapr.data.batches import BatchBuilder, Interactions, gather_windows
@@ -79,3 +81,25 @@ class VaeBatches(BatchBuilder):
 
     def eval_batch(self, users, starts, ends, source: Interactions) -> BagBatch:
         return self._batch(users, source.items, starts, ends + 1)
+
+
+def truncated_geometric(highest: torch.Tensor, q: float, generator: torch.Generator) -> torch.Tensor:
+    """One d in [0, highest] per entry of ``highest`` with P(d) proportional to q**d (0 < q < 1), by
+    inverse CDF: F(d) = (1 - q**(d+1)) / (1 - q**(highest+1))."""
+    u = torch.rand(highest.shape, generator=generator, device=highest.device)
+    mass = 1 - q ** (highest + 1).float()
+    d = torch.floor(torch.log1p(-u * mass) / math.log(q)).long()
+    return torch.minimum(d.clamp_(min=0), highest)      # rounding never lands past either bound
+
+
+class EsaprPlusBatches(VaeBatches):
+    """ESAPR+'s batches: with prefix_decay, every epoch each training window ends d items before
+    its end (P(d) proportional to prefix_decay**d, at least one item left before the target), so
+    every prefix of a history is a training example, the recent ones most often; without it, and
+    in evaluation, ESAPR's."""
+
+    def train_batch(self, users, ends, generator) -> BagBatch:
+        if self.options.prefix_decay:
+            highest = (ends - self.starts[users] - 2).clamp_(min=0)
+            ends = ends - truncated_geometric(highest, self.options.prefix_decay, generator)
+        return super().train_batch(users, ends, generator)
