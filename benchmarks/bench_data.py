@@ -19,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def main() -> None:
     path = ensure_raw(source, args.local_data_folder, None)   # no download when the file is there
     stages = Stages(args.dataset_code)
     raw = stages.run("read", lambda: source.reader(path))
-    seqs = stages.run("preprocess", lambda: build_sequences(raw, args.min_rating, args.min_sc, args.min_uc),
+    seqs = stages.run("preprocess", partial(build_sequences, raw, args.min_rating, args.min_sc, args.min_uc),
                       rows_of=lambda s: s.n_interactions)
     del raw
 

@@ -33,18 +33,21 @@ def train(config=None, templates=None, progress: bool = True, **overrides) -> di
 
     Pass a ready ``Config``, or ``templates`` and options: ``train(templates=["train_vae"],
     dataset_code="ml-100k", num_epochs=5)``."""
-    from esapr.config import Config, build_config
+    from esapr.config import Config, build_config, python_words
     from esapr.training.trainer import train as _train
 
-    if isinstance(config, Config):
-        if templates or overrides:
-            raise UserError("pass either a Config or templates/options, not both")
-    else:
-        if isinstance(config, (str, list)) and templates is None:
-            templates = config
-        templates = [templates] if isinstance(templates, str) else list(templates or [])
-        config = build_config(templates, overrides)
-    return _train(config, progress=progress)
+    try:
+        if isinstance(config, Config):
+            if templates or overrides:
+                raise UserError("pass either a Config or templates/options, not both")
+        else:
+            if isinstance(config, (str, list)) and templates is None:
+                templates = config
+            templates = [templates] if isinstance(templates, str) else list(templates or [])
+            config = build_config(templates, overrides)
+        return _train(config, progress=progress)
+    except UserError as error:      # advice in this call's words: overwrite=True, not --overwrite
+        raise UserError(python_words(str(error))) from None
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -206,11 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C interrupts even where a parent ignored it
     try:
         return _run(argv)
-    except BrokenPipeError:
-        # the reader went away (``esapr ... | head``): stop quietly, without a second error at exit
-        sys.stdout = None
+    except BrokenPipeError:     # the reader went away (``esapr results | head``) after the work was done
         return 0
     finally:
+        _drop_closed_outputs()
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:   # after a SIGTERM, later ones stay ignored
             signal.signal(signal.SIGTERM, previous)
 
@@ -231,32 +231,48 @@ def _run(argv: list[str]) -> int:
     try:
         return getattr(importlib.import_module(module), function)(argv[1:])
     except UserError as error:
-        print(f"esapr: error: {error}", file=sys.stderr)
+        _tell(f"esapr: error: {error}")
         return 2
     except OSError as error:     # the environment: permissions, a full disk, a read-only folder, ...
         if isinstance(error, BrokenPipeError):
             raise
-        print(f"esapr: error: {describe_os_error(error)}", file=sys.stderr)
+        _tell(f"esapr: error: {describe_os_error(error)}")
         return 1
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
         first = first_line(error)
-        print(f"esapr: error: out of memory ({first}); use smaller batches or a smaller model (the model's size "
-              f"options: esapr train --help), fewer items (--min_sc), or a machine with more memory", file=sys.stderr)
+        _tell(f"esapr: error: out of memory ({first}); use smaller batches or a smaller model (the model's size "
+              f"options: esapr train --help), fewer items (--min_sc), or a machine with more memory")
         return 1
-    except KeyboardInterrupt as error:
-        _end_progress_line()
-        print(f"esapr: {error if isinstance(error, Interrupted) else 'interrupted'}", file=sys.stderr)
-        if isinstance(error.__context__, BrokenPipeError) or getattr(error, "closed_output", False):
-            sys.stdout = None       # the reader is gone: nothing more to flush at exit
+    except KeyboardInterrupt as error:      # Ctrl-C, SIGTERM, or a run's output closed (``2>&1 | head``)
+        _tell(f"esapr: {error if isinstance(error, Interrupted) else 'interrupted'}", progress_line=True)
         return 130
 
 
-def _end_progress_line() -> None:
-    """A progress bar may hold the terminal's last line: the message starts on a new one."""
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
+def _tell(message: str, progress_line: bool = False) -> None:
+    """The one line that ends a command, on stderr; on a line of its own where a progress bar
+    may hold the terminal's last one. Nothing where nobody reads stderr any more."""
+    try:
+        if progress_line and sys.stderr.isatty():
+            print(file=sys.stderr)
+        print(message, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        pass
+
+
+def _drop_closed_outputs() -> None:
+    """stdout and stderr whose reader went away are pointed at /dev/null: otherwise Python's
+    flush at exit fails ("Exception ignored ... BrokenPipeError", exit status 120)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (AttributeError, ValueError, OSError):   # no stream, or one closed or without a descriptor
+            pass
 
 
 def _out_of_memory(error: BaseException) -> bool:

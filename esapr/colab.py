@@ -6,6 +6,7 @@ run top to bottom on any machine with local folders.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -19,10 +20,9 @@ def in_colab() -> bool:
     if "google.colab" in sys.modules:
         return True
     try:
-        import google.colab  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("google.colab") is not None
+    except ImportError:             # not even a google package
         return False
-    return True
 
 
 def _drive_module():
@@ -159,7 +159,8 @@ def run_or_resume(config, overwrite: bool = False, progress="auto", data=None) -
 
 
 def _show_user_error(shell, etype, value, tb, tb_offset=None):
-    print(f"esapr: error: {value}", file=sys.stderr)
+    from esapr.config import python_words
+    print(f"esapr: error: {python_words(str(value))}", file=sys.stderr)    # a notebook calls Python: overwrite=True
 
 
 def setup_notebook() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from esapr.cli import COMMANDS, SAVED_RUN_OPTIONS, parse_options
 from esapr.config import build_config, build_data_options, describe_options, given_options
-from esapr.errors import UserError
+from esapr.errors import Interrupted, UserError
 from esapr.progress import seconds
 
 
@@ -191,7 +191,7 @@ def cmd_compare(argv: list[str]) -> int:
     result = run_compare(CLI, templates, seeds, jobs=flags.get("jobs", 1), dry_run=dry_run,
                          aggregate_only=bool(flags.get("aggregate_only")), output=flags.get("output"),
                          metrics=metrics, progress="quiet" if quiet else "auto",
-                         say=(lambda *a: None) if quiet and not dry_run else print, tuned=bool(flags.get("tuned")),
+                         say=(lambda *a: None) if quiet and not dry_run else _say, tuned=bool(flags.get("tuned")),
                          **overrides)
     if isinstance(result, list):     # a dry run's commands, printed: what it was asked for, quiet or not
         return 0
@@ -207,6 +207,15 @@ def cmd_compare(argv: list[str]) -> int:
               f"of the table", file=sys.stderr)
         return 1
     return 0
+
+
+def _say(*words) -> None:
+    """compare's progress lines; a closed output (``esapr compare ... | head``) stops it as Ctrl-C
+    does (its runs resumable, exit 130), not as if it had finished."""
+    try:
+        print(*words, flush=True)
+    except BrokenPipeError:
+        raise Interrupted("its output was closed; compare stopped: run the same command again to go on") from None
 
 
 def cmd_tune(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ is reused, resumed or refused by comparing exactly those.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -27,7 +28,7 @@ from esapr.families.base import Family, ModelOptions, NegativePool
 from esapr.metrics import metric_names
 from esapr.metrics import parse as parse_metric
 from esapr.options.groups import DataOptions, EvalOptions, RunOptions, TrainOptions
-from esapr.options.spec import check_ranges, coerce, default_of, describe_field, field_of, nearest, short
+from esapr.options.spec import check_ranges, coerce, default_of, describe_field, field_of, is_bool, nearest, short
 
 SHARED = {"run": RunOptions, "data": DataOptions, "evaluation": EvalOptions, "training": TrainOptions}
 # where each option name is declared first (its type is the same wherever it is declared)
@@ -271,6 +272,33 @@ def config_differences(saved: dict, config: Config, ignore: frozenset = frozense
     return differences
 
 
+# options added with a default that does what runs saved before them did: their absence is no doubt
+DEFAULT_AS_BEFORE = frozenset({"stage_patience", "stop_at_idle_stage", "recent_items", "transition_weight",
+                               "transition_lambda", "prefix_decay"})
+_told_assumed: set[str] = set()
+
+
+def warn_assumed_defaults(saved: dict, config: Config, where, given: frozenset[str] = frozenset()) -> None:
+    """Say once per run (``where``: its folder) which identity options its config.json lacks (an
+    older version's run): they are read as today's defaults, and a run trained with other values
+    scores differently. Options ``given`` anew are not assumed; data options are checked through the
+    run's data fingerprint where it has one."""
+    code = config.run.model_code
+    data = {f.name for f in fields(DataOptions)} if "data_fingerprint" in saved else set()
+    assumed = {name: default_of(_field(code, name)) for name in config.identity()
+               if name not in saved and name not in DEFAULT_AS_BEFORE | data | given}
+    if not assumed or str(where) in _told_assumed:
+        return
+    _told_assumed.add(str(where))
+    if len(assumed) == 1:
+        (name, value), = assumed.items()
+        what = f"{name}: read as {short(value)}, today's default; a run trained with another value"
+    else:
+        values = ", ".join(f"{name}={short(value)}" for name, value in assumed.items())
+        what = f"{', '.join(assumed)}: read as {values}, today's defaults; a run trained with other values"
+    warnings.warn(f"{Path(where) / 'config.json'} has no {what} scores differently", stacklevel=2)
+
+
 def describe_differences(differences: list[tuple[str, Any, Any]]) -> str:
     return ", ".join(f"{name} (saved {before!r}, now {now!r})" for name, before, now in differences)
 
@@ -300,6 +328,7 @@ def resumed_config(saved: dict, requested: Config, path, given: frozenset[str] |
     def is_given(name: str) -> bool:
         return name in given if given is not None else read[name] != default_of(_field(code, name))
 
+    warn_assumed_defaults(saved, requested, path, RESUME_EPOCHS)
     differences = config_differences(saved, requested, RESUME_EPOCHS | RESUME_DATA)
     asked = [(name, before, now) for name, before, now in differences if is_given(name)]
     if asked:
@@ -330,6 +359,20 @@ def saved_config(saved: dict, **overrides) -> Config:
         ks = coerce(EvalOptions, "metric_ks", overrides["metric_ks"])
         options["metric_ks"] = ks + [k] if k and k not in ks else ks
     return build_config(overrides=options, apply_templates=False)
+
+
+def python_words(message: str) -> str:
+    """A message as the Python API's user acts on it: each option's ``--name`` (a CLI flag) as its
+    keyword argument (``--overwrite`` -> ``overwrite=True``, ``--num_epochs N`` -> ``num_epochs=N``,
+    ``--experiment_name`` -> ``experiment_name``); other words stay."""
+    def keyword(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in ALL_OPTIONS:
+            return match.group(0)
+        if is_bool(ALL_OPTIONS[name], name):
+            return f"{name}=True{value or ''}"
+        return f"{name}={value.strip()}" if value else name
+    return re.sub(r"--(\w+)( [A-Z]+\b)?", keyword, message)
 
 
 def _is_safe_component(value: str) -> bool:

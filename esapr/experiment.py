@@ -25,6 +25,7 @@ import io
 import json
 import math
 import shutil
+import signal
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from esapr.config import Config, saved_config
+from esapr.config import Config, saved_config, warn_assumed_defaults
 from esapr.options.spec import short
 from esapr.errors import UserError, first_line
 from esapr.metrics import FULL, per_user
@@ -175,9 +176,11 @@ class Experiment:
                 continue                 # the project moved with its data: the relative path holds
             places[name] = place         # else the recorded absolute path (named by any error)
         try:
-            return saved_config(saved, **places, **overrides)
+            config = saved_config(saved, **places, **overrides)
         except UserError as error:
             raise UserError(f"{self.config_file}: {error}") from None
+        warn_assumed_defaults(saved, config, self.path, frozenset(overrides))
+        return config
 
     def check_data(self, fingerprint: str) -> None:
         """Refuse data other than what the run was trained on (whatever its size)."""
@@ -244,9 +247,10 @@ class Experiment:
             self._write_error = error
 
     def wait_for_saves(self) -> None:
-        """Block until a background write is done; raise its error, if any."""
+        """Block until a background write is done; raise its error, if any. Ctrl-C (or SIGTERM)
+        meanwhile takes effect once the write is done (see ``join_whole``)."""
         if self._writer is not None:
-            self._writer.join()
+            join_whole(self._writer)
             self._writer = None
         error, self._write_error = self._write_error, None
         if error is not None:
@@ -371,7 +375,8 @@ class Experiment:
 
     def test_metrics(self, names: list[str]) -> dict[str, float]:
         """Test metrics ``names`` of a finished run: those results.json holds, the others computed
-        from the saved per-user ranks (and added to results.json, so they are there next time)."""
+        from the saved per-user ranks (and added to results.json where that is safe, so they are
+        there next time; see ``_add_test_metrics``)."""
         results = self.read_results() or {}
         test = dict(results.get("test") or {})
         missing = [name for name in names if name not in test]
@@ -381,8 +386,34 @@ class Experiment:
                 column = ranks["full_rank" if name.startswith(FULL) else "rank"].to_numpy()
                 test[name] = float(per_user(column, name).mean()) if (column >= 0).all() else math.nan
             if results:
-                self.write_results({**results, "test": test})
+                self._add_test_metrics(results, test)
         return {name: test[name] for name in names}
+
+    def _add_test_metrics(self, read: dict, test: dict) -> None:
+        """results.json (as ``read``) with ``test`` in it, written under the folder's lock when that
+        is free at once and the file has not changed since. A process that holds the lock (training
+        the run again) or changed the file owns it; a folder that cannot be written stays as it is.
+        The metrics are returned all the same, and computed again next time."""
+        try:
+            with self.lock():
+                if self.read_results() == read:
+                    self.write_results({**read, "test": test})
+        except (UserError, OSError):
+            pass
+
+
+def join_whole(thread: threading.Thread) -> None:
+    """``thread.join()`` with SIGINT and SIGTERM held back until it returns (they are delivered
+    then). Python 3.11's join, interrupted by Ctrl-C while the thread runs, releases the thread's
+    own lock: the thread then counts as ended while it still writes, and a later join can fail
+    with "RuntimeError: release unlocked lock" (a Ctrl-C of ``esapr compare --jobs 2``)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        thread.join()
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _on_cpu(value):

@@ -123,13 +123,25 @@ class FolderLock:
 
     def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> None:
         """Take the lock; if another process has it, raise a UserError naming it, or (``wait``)
-        call ``on_wait(message)`` once and block until it is free."""
-        self._made = missing_folders(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        refuse_links(self.path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        call ``on_wait(message)`` and block until it is free. The lock is recorded the moment it
+        is held, so ``release`` drops it whatever interrupts this (Ctrl-C included)."""
+        while self._fd is None:
+            self._made = missing_folders(self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            refuse_links(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+            try:
+                self._lock(fd, wait, on_wait)
+                if self._names(fd):     # else its holder removed the file on release: lock the new one
+                    self._fd = fd
+            finally:
+                if self._fd != fd:
+                    os.close(fd)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+
+    def _lock(self, fd: int, wait: bool, on_wait: Callable[[str], None] | None) -> None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
             raise UserError(f"{self.path}: not a regular file (a pipe, socket or device has its name); remove it "
                             f"and run the command again")
         try:
@@ -144,25 +156,29 @@ class FolderLock:
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as error:
             if error.errno not in _NO_LOCKS:
-                os.close(fd)
                 raise
             warnings.warn(f"{self.folder}: this file system has no file locks; make sure only one esapr process "
-                          f"writes there at a time", stacklevel=2)
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-        self._fd = fd
+                          f"writes there at a time", stacklevel=3)
+
+    def _names(self, fd: int) -> bool:
+        """Whether the lock file's name still leads to ``fd``'s file."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
-        if self._fd is None:
+        """Drop the lock if this object holds it (else, or called again, do nothing). Folders made
+        only to hold it go while it is still held, so no waiting process locks a removed file."""
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
-        os.close(self._fd)    # closing drops the lock
-        self._fd = None
-        if self._made and [p.name for p in self.folder.iterdir()] == [self.path.name]:
-            self.path.unlink(missing_ok=True)
-            remove_empty(self._made)
+        try:
+            if self._made and [p.name for p in self.folder.iterdir()] == [self.path.name]:
+                self.path.unlink(missing_ok=True)
+                remove_empty(self._made)
+        finally:
+            os.close(fd)    # closing drops the lock
 
     @staticmethod
     def _holder(fd: int) -> str:

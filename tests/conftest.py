@@ -3,6 +3,7 @@
 Data:    SHARED_DATA, ``ml100k_dir`` (the real MovieLens-100K under ../shared; skips when absent)
 Network: ``http_server`` (a local http.server on 127.0.0.1 in a thread); helpers ``zip_bytes``,
          ``closed_port_url`` (import them: ``from tests.conftest import zip_bytes``)
+Kernels: notebooks run in a "python3" kernel of this interpreter, whatever kernels the user has
 CLI:     ``run_cli`` fixture / ``start_cli`` helper (``python -m esapr ...`` in a subprocess)
 Runs:    ``tiny(template, data_file, **extra)``: a template's family's tiny preset on a test file
          (``from tests.conftest import tiny``); ``template_of(code)``; ``data_file`` fixture
@@ -28,6 +29,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def python3_kernel(tmp_path_factory):
+    """Jupyter's user folder replaced by one whose "python3" kernel is this interpreter: a kernel
+    spec left in the user's folder (e.g. ``ipykernel install --user`` from another environment,
+    now gone) would otherwise run the notebooks elsewhere, or not at all."""
+    try:
+        from ipykernel.kernelspec import install
+    except ImportError:         # no kernel to run notebooks with: their tests skip
+        yield
+        return
+    data = tmp_path_factory.mktemp("jupyter") / "share" / "jupyter"
+    install(kernel_name="python3", prefix=str(data.parents[1]))
+    before = os.environ.get("JUPYTER_DATA_DIR")
+    os.environ["JUPYTER_DATA_DIR"] = str(data)
+    yield
+    if before is None:
+        os.environ.pop("JUPYTER_DATA_DIR", None)
+    else:
+        os.environ["JUPYTER_DATA_DIR"] = before
 
 
 # --- data -----------------------------------------------------------------------------------------

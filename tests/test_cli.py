@@ -181,6 +181,42 @@ def test_train_logs_plain_lines_when_not_a_terminal_and_nothing_when_quiet(tmp_p
     assert process.returncode == 0 and err == "" and "test metrics" in out
 
 
+@pytest.mark.slow
+def test_train_whose_output_closes_early_ends_interrupted_or_finished_without_a_traceback(tmp_path):
+    data_file = write_ratings_csv(tmp_path / "ratings.csv", n_users=40)
+    common = ["-m", "esapr", "train", "--templates", "train_vae", "--experiment_root", "runs",
+              *as_args(tiny("train_vae", data_file, experiment_group="g"))]
+    # ``2>&1 | head -1``: the reader goes away after the first line, mid-run
+    merged = subprocess.Popen([sys.executable, *common, "--num_epochs", "500", "--experiment_name", "merged"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=cli_env())
+    assert b"VAE_tw" in merged.stdout.readline()
+    merged.stdout.close()
+    assert merged.wait(120) == 130          # before: 0 (the closing message itself failed), or 120
+    assert (tmp_path / "runs/g/merged/status").read_text() == "interrupted\n"
+    assert (tmp_path / "runs/g/merged/models/recent_checkpoint.pth").is_file()
+    # ``| head -0``: stdout goes away at once; the run finishes, and its end says nothing more
+    done = subprocess.Popen([sys.executable, *common, "--num_epochs", "2", "--experiment_name", "done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path, env=cli_env(), text=True)
+    done.stdout.close()
+    err = done.stderr.read()
+    assert done.wait(120) == 0 and "epoch 2" in err     # before: exit 120
+    assert "Traceback" not in err and "Exception ignored" not in err and "BrokenPipeError" not in err, err
+    assert (tmp_path / "runs/g/done/status").read_text() == "finished\n"
+
+
+@pytest.mark.slow
+def test_compare_whose_output_closes_early_stops_as_interrupted(tmp_path):
+    data_file = write_ratings_csv(tmp_path / "ratings.csv", n_users=40)
+    args = ["compare", "--templates", "train_ease", "--seeds", "0", "1", "--experiment_root", "runs",
+            *as_args({k: v for k, v in tiny("train_ease", data_file).items() if k != "checkpoint_every_seconds"})]
+    process = start_cli(args, tmp_path)
+    process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(120) == 130, err        # before: 0, as if the comparison had been made
+    assert err.endswith("esapr: its output was closed; compare stopped: run the same command again to go on\n")
+
+
 def test_module_entry_point_runs(tmp_path):
     done = subprocess.run([sys.executable, "-m", "esapr", "--help"], capture_output=True, text=True, cwd=REPO,
                           env=cli_env(), timeout=60)

@@ -146,7 +146,7 @@ def test_unreadable_user_file_is_one_line(tmp_path, capsys):
 
 def test_truncated_zip_is_not_used(subprocess_runs):
     folder = subprocess_runs["truncated_zip_in_raw_folder"][3]
-    assert sorted(p.name for p in (folder / "ml-1m").iterdir()) == ["ml-1m.zip"]    # nothing unpacked
+    assert sorted(p.name for p in (folder / "ml-1m").iterdir()) == [".lock", "ml-1m.zip"]    # nothing unpacked
     assert not (folder / "preprocessed").exists()
 
 

@@ -13,8 +13,10 @@ import esapr
 from esapr.cli import main
 from esapr.comparison import PYTHON, plan_run, plan_runs, pool
 from esapr.comparison.report import check_metrics, output_prefix, set_name
+from esapr.config import python_words
 from esapr.errors import UserError
 from esapr.experiment import Experiment
+from tests.conftest import tiny
 
 BASE = {"data_file": "r.csv", "experiment_group": "g"}
 
@@ -117,6 +119,18 @@ def test_a_stale_run_is_refused_in_the_words_of_the_caller(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "choose another --experiment_group NAME, or pass --overwrite to train it again" in err
     assert Experiment(path).status() == "finished"
+
+
+def test_a_finished_run_is_refused_in_the_words_of_the_python_api(tmp_path, data_file):
+    """esapr.train's advice names its keyword arguments (the CLI's message names flags)."""
+    options = {**tiny("train_ease", data_file), "experiment_root": str(tmp_path)}
+    esapr.train(templates="train_ease", progress=False, **options)
+    with pytest.raises(UserError) as error:
+        esapr.train(templates="train_ease", progress=False, **options)
+    assert str(error.value).endswith("holds a finished run; pass overwrite=True to replace it or choose another "
+                                     "experiment_name")
+    assert python_words("--resume --num_epochs N, --data_url MIRROR or esapr train --help") == \
+        "resume=True num_epochs=N, data_url=MIRROR or esapr train --help"
 
 
 def test_cli_metrics_are_checked_before_training(tmp_path, capsys):
@@ -224,13 +238,16 @@ def test_output_through_links_or_onto_folders_is_refused(tmp_path, runs):
     assert not any(elsewhere.iterdir())
 
 
-def test_output_in_a_folder_without_write_permission_is_refused(tmp_path, runs):
-    if os.geteuid() == 0:
-        pytest.skip("root may write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o555)
-    with pytest.raises(UserError, match="permission denied"):
-        output_prefix(locked / "t", runs, ["train_vae"])
+def test_output_in_a_folder_that_cannot_be_written_is_refused(tmp_path, runs):
+    """Tried before training, not guessed from the permissions: root passes those, yet not in /proc."""
+    if Path("/proc/self").is_dir():
+        with pytest.raises(UserError, match="cannot write in /proc"):
+            output_prefix(Path("/proc/t"), runs, ["train_vae"])
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UserError, match=r"cannot write in .*locked \(Permission denied\)"):
+            output_prefix(locked / "t", runs, ["train_vae"])
 
 
 def test_file_as_folder_is_refused(tmp_path, runs):

@@ -51,6 +51,27 @@ def test_lock_holder_probe(tmp_path):
     assert lock_holder(tmp_path / "fifo") is None
 
 
+def test_metrics_added_on_demand_are_written_only_under_the_folders_lock(tmp_path, monkeypatch):
+    path = finished_run(tmp_path, "train_vae", 0, [0, 1, 3])
+    experiment, results = Experiment(path), path / "results.json"
+    before = results.read_bytes()
+    expected = {"Recall@1": pytest.approx(1 / 3), "MRR": pytest.approx((1 + 1 / 2 + 1 / 4) / 3)}
+    with FolderLock(path, "a process training the run again"):     # held: computed, not written
+        assert experiment.test_metrics(["Recall@1", "MRR"]) == expected
+        assert results.read_bytes() == before
+    assert experiment.test_metrics(["Recall@1", "MRR"]) == expected   # free: added
+    assert json.loads(results.read_text())["test"] == expected
+
+    lock = Experiment.lock
+
+    def rewritten_first(self):          # another process rewrites results.json before this one locks
+        Experiment(path).write_results({**json.loads(results.read_text()), "test": {}, "epochs": 5})
+        return lock(self)
+    monkeypatch.setattr(Experiment, "lock", rewritten_first)
+    assert experiment.test_metrics(["Recall@5"]) == {"Recall@5": 1.0}
+    assert json.loads(results.read_text())["test"] == {} and json.loads(results.read_text())["epochs"] == 5
+
+
 def test_a_running_run_whose_process_died_is_interrupted(tmp_path):
     path = finished_run(tmp_path, "train_vae", 0, [0, 1], num_epochs=3)
     run = plan_runs(["train_vae"], [0], {**COMMON, "experiment_root": str(tmp_path)})[0]

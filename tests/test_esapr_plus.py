@@ -2,13 +2,16 @@
 ESAPR exactly; the path's weights are SLIST's; the blend is the standardised sum; the path is
 solved once (never per improvement, never on load); resumes are exact (tests/test_registry.py
 trains, resumes and recommends every family, ESAPR+ included)."""
+import json
 import shutil
+import warnings
 
 import pytest
 import torch
 
 import esapr.models.esapr_plus as esapr_plus
-from esapr.config import build_config
+from esapr.cli import main
+from esapr.config import build_config, resumed_config
 from esapr.data.prepare import prepare_data
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
@@ -34,10 +37,10 @@ def test_standardised_rows_leave_the_padding_column_out_of_the_statistics():
     torch.testing.assert_close(standardised(scores), expected)
 
 
-def test_linear_weight_zero_is_esapr(tmp_path, data_file):
+def test_linear_weight_zero_without_the_stage_rule_and_prefixes_is_esapr(tmp_path, data_file):
     esapr = train(config_of("train_vae", tmp_path, data_file, experiment_name="esapr"), progress="quiet")
-    plus = train(config_of("train_esapr_plus", tmp_path, data_file, experiment_name="plus", linear_weight=0.0),
-                 progress="quiet")
+    plus = train(config_of("train_esapr_plus", tmp_path, data_file, experiment_name="plus", linear_weight=0.0,
+                           stage_patience=0, stop_at_idle_stage=False, prefix_decay=0.0), progress="quiet")
     assert plus["test"] == esapr["test"] and plus["best_epoch"] == esapr["best_epoch"]
 
 
@@ -188,3 +191,33 @@ def test_sparse_scoring_gives_the_dense_scores_and_the_same_ranks(tmp_path, data
 def test_a_negative_or_missing_weight_is_refused(weight):
     with pytest.raises(UserError, match="option 'linear_weight'"):
         build_config(["train_esapr_plus"], {"linear_weight": weight})
+
+
+# --- a run saved by an older version, without linear_weight ---------------------------------------------
+
+def test_a_run_saved_without_linear_weight_is_read_as_the_default_and_said_once(tmp_path, data_file, recwarn):
+    results = train(config_of("train_esapr_plus", tmp_path, data_file, num_epochs=1), progress="quiet")
+    run = results["experiment"]
+    assert main(["evaluate", "--experiment", run, "--json"]) == 0
+    assert not [w for w in recwarn if "config.json has no" in str(w.message)]     # a complete config.json: silent
+
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    saved = json.loads((older / "config.json").read_text())
+    assert saved.pop("linear_weight") == 0.5
+    (older / "config.json").write_text(json.dumps(saved))
+    recwarn.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")        # "once" is the package's doing, not the warning filter's
+        config = Experiment(older).run_config()
+        Experiment(older).run_config()
+    said = [str(w.message) for w in recwarn if "config.json has no" in str(w.message)]
+    assert said == [f"{older / 'config.json'} has no linear_weight: read as 0.0, today's default; a run trained "
+                    f"with another value scores differently"]
+    assert config.model.linear_weight == 0.0
+    loaded = load_run(Experiment(older), config, prepare_data(config))
+    assert loaded.evaluate("test").metrics != results["test"]     # why it is said: the numbers are other ones
+    # a resume says it too, before refusing the template's 0.5 against the 0.0 it reads
+    with pytest.warns(UserWarning, match="resumed/config.json has no linear_weight: read as 0.0"), \
+            pytest.raises(UserError, match=r"linear_weight \(saved 0.0, now 0.5\)"):
+        resumed_config(saved, config_of("train_esapr_plus", tmp_path, data_file), tmp_path / "resumed")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from esapr.errors import UserError
 from esapr.experiment import Experiment
 from esapr.files import FolderLock
 from esapr.training.trainer import train
-from tests.conftest import cli_env, start_cli, tiny
+from tests.conftest import cli_env, start_cli, tiny, zip_bytes
 from tests.synthetic import write_ratings_csv
 
 
@@ -174,6 +175,33 @@ def test_concurrent_preparation_of_one_new_file(tmp_path):
     assert len(caches) == 1
     leftovers = [p.name for p in Path(tmp_path, caches.pop()).iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def ml100k_archive(n_users: int = 150, n_files: int = 40) -> bytes:
+    """An ML-100K-style zip (u.data, u.item and many other files: an unpack that takes a moment)."""
+    lines = [f"{user}\t{(user * 7 + k) % 120 + 1}\t{k % 5 + 1}\t{880000000 + 100 * user + k}"
+             for user in range(1, n_users + 1) for k in range(10 + user % 15)]
+    files = {"ml-100k/u.data": "\n".join(lines) + "\n",
+             "ml-100k/u.item": "".join(f"{i}|Film {i} (1995)|01-Jan-1995\n" for i in range(1, 121))}
+    return zip_bytes({**files, **{f"ml-100k/u{k}.base": files["ml-100k/u.data"] for k in range(n_files)}})
+
+
+@pytest.mark.slow
+def test_concurrent_preparation_of_one_new_dataset_from_its_archive(tmp_path):
+    """One process unpacks (the raw folder's lock); the others wait and use what it unpacked: no
+    one deletes another's scratch folder or the files it moves into place."""
+    raw = tmp_path / "Data" / "ml-100k"
+    raw.mkdir(parents=True)
+    (raw / "ml-100k.zip").write_bytes(ml100k_archive())
+    runs = [start_cli(["data", "prepare", "--dataset_code", "ml-100k", "--local_data_folder", "Data",
+                       "--test_negative_sample_size", "50"], tmp_path) for _ in range(4)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outputs
+    prepared = [{k: v for k, v in json.loads(out).items() if not k.endswith("_s")} for out, _ in outputs]
+    assert all(p == prepared[0] for p in prepared)            # one cache, the same data
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith("u") or p.suffix != ".base") == \
+        [".lock", "ml-100k.zip", "u.data", "u.item"]          # no scratch folder left
+    assert (raw / "u.data").read_bytes() == zipfile.ZipFile(raw / "ml-100k.zip").read("ml-100k/u.data")
 
 
 # --- damaged files ------------------------------------------------------------------------------------
@@ -582,3 +610,76 @@ def test_sigterm_ends_a_run_as_interrupted_saying_what_was_kept(workspace, every
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and expected in err and "Traceback" not in err, err
     assert (folder / "status").read_text() == "interrupted\n"
+
+
+# --- Ctrl-C between taking and letting go: a lock or a write is never left half done -----------------------
+
+def test_ctrl_c_while_a_checkpoint_is_written_takes_effect_once_it_is_written(tmp_path, monkeypatch):
+    import signal
+    import threading
+    import time
+    written = threading.Event()
+    save = Experiment.save
+    monkeypatch.setattr(Experiment, "save", lambda self, path, state: (written.wait(10), save(self, path, state)))
+    experiment = Experiment(tmp_path / "run")
+    experiment.save_in_background(experiment.recent_checkpoint, {"model": {}})
+
+    def ctrl_c_then_let_the_write_end():
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        written.set()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_then_let_the_write_end).start()
+        with pytest.raises(KeyboardInterrupt):
+            experiment.wait_for_saves()
+        # before: the interrupted join let go of the writer's own lock, so the run stopped mid-write and a
+        # later join could fail with "RuntimeError: release unlocked lock"
+        assert experiment.recent_checkpoint.is_file()
+        experiment.wait_for_saves()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_a_folder_lock_leaves_it_held_and_recorded_or_not_held(tmp_path, monkeypatch):
+    from esapr.files import lock_holder
+    truncate, close = os.ftruncate, os.close
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    lock = FolderLock(tmp_path / "a", "test")
+    monkeypatch.setattr(os, "ftruncate", interrupted)             # Ctrl-C just after the lock was taken
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire()
+    monkeypatch.setattr(os, "ftruncate", truncate)
+    lock.release()
+    assert lock_holder(tmp_path / "a") is None                     # released, not held until the process ends
+
+    lock.acquire()
+    monkeypatch.setattr(os, "close", lambda fd: (close(fd), interrupted()))   # Ctrl-C just after the lock went
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()
+    monkeypatch.setattr(os, "close", close)
+    other = os.open(tmp_path / "other", os.O_CREAT | os.O_RDWR)      # takes the number the lock's file had
+    lock.release()                                                  # a second release lets go of nothing else
+    os.fstat(other)
+    os.close(other)
+
+
+def test_a_process_waiting_for_a_lock_whose_folder_goes_on_release_locks_the_new_one(tmp_path):
+    import threading
+    import time
+    folder = tmp_path / "made" / "for the lock"
+    first, second = FolderLock(folder, "test"), FolderLock(folder, "test")
+    first.acquire()
+    waiter = threading.Thread(target=second.acquire, kwargs={"wait": True})
+    waiter.start()
+    time.sleep(0.3)
+    first.release()                     # the folders it made hold only the lock: they go
+    waiter.join(10)
+    assert second._fd is not None and os.path.samestat(os.fstat(second._fd), os.stat(folder / ".lock"))
+    with pytest.raises(UserError, match="is in use by another esapr process"):
+        FolderLock(folder, "test").acquire()
+    second.release()
+    assert not (tmp_path / "made").exists()

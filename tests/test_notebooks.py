@@ -286,6 +286,12 @@ def test_notebook_lists_every_step_as_a_titled_form_cell():
 
 
 # --- helpers -------------------------------------------------------------------------------------
+def test_a_notebook_shows_an_error_in_one_line_naming_keyword_arguments(capsys):
+    from esapr.colab import _show_user_error
+    _show_user_error(None, UserError, UserError("x holds a finished run; pass --overwrite to replace it"), None)
+    assert capsys.readouterr().err == "esapr: error: x holds a finished run; pass overwrite=True to replace it\n"
+
+
 def test_drive_outside_colab_is_a_one_line_no_op(capsys, tmp_path):
     assert not in_colab()
     assert mount_drive() is None

@@ -212,6 +212,9 @@ REFUSED = {
     "bad_rating_among_decimal_commas": (b"user;item;rating\n1;2;4,5\n1;3;good\n",
                                         "column 'rating' must be a number, line 3 has 'good'"),
     "bad_row_among_float_times": (b"user,item,timestamp\n1,2,1.5\n1,3\n", "line 3 has no value in column 'timestamp'"),
+    # past the first 64 KB that are sniffed: read on, it would be part of an item id
+    "nul_deep_in_an_item_id": (b"user,item\n" + b"1,item2\n" * 20_000 + b"1,it\x00em3\n",
+                               "line 20002 holds the byte b'\\x00', which no text holds"),
 }
 
 
@@ -263,7 +266,7 @@ def test_download_unpacks_the_top_folder(tmp_path, http_server):
     path = ensure_raw(source, tmp_path, None)
     assert path == tmp_path / "ml-1m" / "ratings.dat"
     assert path.read_text() == ML1M_RATINGS
-    assert sorted(p.name for p in (tmp_path / "ml-1m").iterdir()) == ["README", "movies.dat", "ratings.dat"]
+    assert sorted(p.name for p in (tmp_path / "ml-1m").iterdir()) == [".lock", "README", "movies.dat", "ratings.dat"]
     assert read_ml1m(path).item.tolist() == [10, 11, 12]
     # used from disk the second time: the server is not asked again
     assert ensure_raw(source, tmp_path, None) == path

@@ -36,6 +36,7 @@ from esapr.comparison.report import (Comparison, aggregate, check_metrics, model
                                      protocol_label, set_name, write_comparison)
 from esapr.comparison.stats import (N_BOOTSTRAP, bootstrap_interval, bootstrap_intervals, compare_models, holm,
                                     paired_p_value)
+from esapr.config import python_words
 from esapr.errors import UserError
 from esapr.options.groups import RunOptions
 from esapr.options.spec import coerce, short
@@ -59,8 +60,11 @@ def compare(templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS
     nothing. ``overwrite=True`` trains every run again. ``tuned``: each template's best settings
     from ``esapr tune`` (``<root>/<group>/tune/<template>/best.yaml``) where a study left them.
     Bad arguments are one-line UserErrors naming the keyword arguments."""
-    return run_compare(PYTHON, templates, seeds, jobs, dry_run, aggregate_only, output, metrics, progress, say,
-                       tuned, **overrides)
+    try:
+        return run_compare(PYTHON, templates, seeds, jobs, dry_run, aggregate_only, output, metrics, progress, say,
+                           tuned, **overrides)
+    except UserError as error:      # a run's own advice too in this call's words (overwrite=True)
+        raise UserError(python_words(str(error))) from None
 
 
 def run_compare(names: Names, templates: Sequence[str] | str, seeds: Sequence[int] = DEFAULT_SEEDS, jobs: int = 1,

@@ -42,8 +42,9 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
                f"over seeds, Holm-corrected across models, p >= {ALPHA}); white: significantly worse. "
                f"All runs rank the same candidates for the same test users. 'capped' (red): runs that reached "
                f"num_epochs before early stopping, so they may not have converged."
-               + (" 'identical': a closed-form model fits the same weights whatever the seed (no std); 'grid N "
-                  "(best k)': it fitted N settings and tested the k-th." if models["closed_form"].any() else ""))
+               + (" 'one fit': a closed-form model fits the same weights whatever the seed, so it is fitted once "
+                  "(no std); 'grid N (best k)': it fitted N settings and tested the k-th."
+                  if models["closed_form"].any() else ""))
     caption_lines = wrap(caption, inner, 7.5)
     left = comparison.left_out_lines()
     left_lines = wrap("Left out (not finished runs): " + "; ".join(left), inner, 7.5) if left else []
@@ -100,7 +101,7 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
         for j, row in enumerate(models.itertuples()):
             color = "0.2"
             if name == "seeds":
-                text = f"{row.seeds}: {row.seed_list}" + (" (identical)" if row.closed_form else "")
+                text = "one fit" if row.closed_form else f"{row.seeds}: {row.seed_list}"
             elif name == "epochs (best)":
                 text = epochs_text(row)
                 if capped[row.model]:
@@ -121,10 +122,10 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
     return fig
 
 
-def seeds_text(row) -> str:
-    """A model row's seed count: '5', or '5 (identical: closed form)' where every seed fits the
-    same model (a std of 0 over them says nothing about seeds)."""
-    return f"{row.seeds} (identical: closed form)" if row.closed_form else str(row.seeds)
+def seeds_text(seeds: int, closed_form: bool) -> str:
+    """A model's seed count: '5', or 'one fit for every seed (closed form)' where the model reads
+    no seed and was fitted once."""
+    return "one fit for every seed (closed form)" if closed_form else str(seeds)
 
 
 def epochs_text(row, compact: bool = True) -> str:

@@ -4,7 +4,9 @@ reads, and what each run does with its folder (start, resume, extend, reuse, ove
 A seed sets every seed the run's family reads (model init, data order, training negatives); the
 evaluation negatives stay fixed, so all runs rank the same candidates for the same users and are
 paired. A template written ``train_meantime:1`` runs only the first of the seeds (a slow model
-beside fast ones); its runs are the same a separate compare of it would train.
+beside fast ones); its runs are the same a separate compare of it would train. A closed-form
+model (EASE, SLIST) does not read a seed: it is fitted once, in the first seed's folder, and
+that one fit stands for every seed.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from esapr.config import (ALL_OPTIONS, Config, build_config, config_differences, describe_differences, owners,
-                          readers, template_values)
+                          readers, template_values, warn_assumed_defaults)
 from esapr.errors import UserError
 from esapr.experiment import Experiment, experiment_path
 from esapr.files import lock_holder
@@ -104,6 +106,7 @@ def plan_run(config: Config, overwrite: bool = False, hint: str = CLI_HINT) -> R
     if overwrite:
         return RunPlan("overwrite", plain.with_run(overwrite=True), "asked to train again")
     saved = experiment.read_config()
+    warn_assumed_defaults(saved, config, experiment.path, frozenset({"num_epochs"}))
     changed = config_differences(saved, config, ignore=frozenset({"num_epochs"}))
     if changed:
         raise UserError(f"{experiment.path} holds a {status or 'started'} run with other options: "
@@ -246,7 +249,8 @@ def plan_runs(templates: Sequence[str], seeds: Sequence[int], overrides: dict[st
         stem = base.run.experiment_name
         if base.run.pilot:
             stem = stem.removesuffix("_pilot")      # build_config's default name of a pilot run
-        for seed in seeds[:n_seeds]:
+        # a closed-form model fits the same weights whatever the seed: one run serves every seed
+        for seed in seeds[:1] if base.training is None else seeds[:n_seeds]:
             name = f"{stem}_seed{seed}" + ("_pilot" if base.run.pilot else "")
             options = {**given, "experiment_name": name,
                        **{option: seed for option in SEED_OPTIONS if option in read[template]}}

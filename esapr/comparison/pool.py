@@ -242,8 +242,9 @@ def _run_children(runs: list[Run], plans: list[RunPlan], todo: list[int], outcom
                 say(f"[{'done' if not note else 'failed'}] {run.template} seed {run.seed} "
                     f"in {outcomes[i].seconds:.0f} s{': ' + note if note else ''}")
     finally:
-        for process, _, handle, _ in active.values():   # interrupted: stop the runs this call started
+        for process, *_ in active.values():     # interrupted: stop the runs this call started, all at once
             process.terminate()
+        for process, _, handle, _ in active.values():
             process.wait()
             handle.close()
     return [outcomes[i] for i in range(len(runs))]

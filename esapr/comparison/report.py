@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -54,7 +55,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 @dataclass
 class Comparison:
     """The aggregated comparison. ``table``: one row per (protocol, metric, model) with mean, std,
-    ci_low, ci_high, seeds, p_value, p_holm, mark, identical (its seeds are one closed-form fit);
+    ci_low, ci_high, seeds, p_value, p_holm, mark, identical (a closed-form model: one fit for every seed);
     ``models``: one row per model with its seeds, epochs, best epochs, training time, device,
     capped runs and closed_form; ``runs``: every planned run, those left out with the reason (a
     finished one with its test metrics)."""
@@ -120,8 +121,9 @@ class Comparison:
                     cells.append(f"{bold}{_mean_std(row, digits)}{bold} [{row['ci_low']:.3f}, "
                                  f"{row['ci_high']:.3f}]{tag}")
             capped = f", {model.capped} capped" if model.capped else ""
-            lines.append(f"| {model.model} (`{model.template}`) | {seeds_text(model)} | " + " | ".join(cells) +
-                         f" | {epochs_text(model, compact=False)}{capped} | {seconds(model.train_seconds)} |")
+            lines.append(f"| {model.model} (`{model.template}`) | {seeds_text(model.seeds, model.closed_form)} | "
+                         + " | ".join(cells) + f" | {epochs_text(model, compact=False)}{capped} | "
+                         f"{seconds(model.train_seconds)} |")
         if self.left_out:
             lines += ["", "Left out: " + "; ".join(self.left_out_lines()) + "."]
         return "\n".join(lines) + "\n"
@@ -146,9 +148,9 @@ class Comparison:
         lines += ["", "runs:"]
         for row in self.models.itertuples():
             capped = f", {row.capped} capped at num_epochs" if row.capped else ""
-            fitted = (f" (identical: closed form): {epochs_text(row)}" if row.closed_form
+            fitted = (f" (one fit for every seed, closed form): {epochs_text(row)}" if row.closed_form
                       else f": epochs {row.epoch_list} (best {row.best_epoch_list})")
-            lines.append(f"  {row.model:<{width}} seeds {row.seed_list}{fitted}, {seconds(row.train_seconds)} per "
+            lines.append(f"  {row.model:<{width}} seed{'s' * (row.seeds > 1)} {row.seed_list}{fitted}, {seconds(row.train_seconds)} per "
                          f"run on {row.device}{capped}")
         if self.left_out:
             lines += ["left out:"] + [f"  {line}" for line in self.left_out_lines()]
@@ -354,8 +356,11 @@ def output_prefix(output: Any, runs: list[Run], templates: Sequence[str], names:
     existing = next(folder for folder in (prefix.parent, *prefix.parent.parents) if folder.exists())
     if not existing.is_dir():
         raise UserError(f"{arg} {prefix}: {existing} is a file, not a folder; choose another {arg}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{arg} {prefix}: cannot write in {existing} (permission denied); choose another {arg}")
+    try:                # a file made and dropped at once: what permissions alone do not tell (root, /proc, ...)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise UserError(f"{arg} {prefix}: cannot write in {existing} ({error.strerror or error}); choose another "
+                        f"{arg}") from None
     return prefix
 
 

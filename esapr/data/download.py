@@ -18,6 +18,8 @@
 * Zip sources hold one top folder (``ml-1m/``) whose contents go into ``<code>/``; the ratings
   file is moved last, so its presence means the unpack finished. ``file`` sources are moved to
   ``<code>/<raw_file>``.
+* One process at a time downloads or unpacks into a raw folder (it holds the folder's lock);
+  another one waits, then uses what the first left, so none removes another's files.
 
 Every failure is a one-line UserError naming the URL or file and what to do.
 """
@@ -39,7 +41,7 @@ from urllib.parse import urlparse
 
 from esapr.data.sources import DatasetSource
 from esapr.errors import UserError
-from esapr.files import missing_folders, remove_empty
+from esapr.files import FolderLock
 
 TIMEOUT_S = 60            # seconds without data before a download is abandoned
 ATTEMPTS = 2              # a truncated download is tried this many times in all
@@ -55,12 +57,27 @@ def archive_name(source: DatasetSource) -> str:
 
 
 def ensure_raw(source: DatasetSource, local_data_folder: Path, url: str | None = None) -> Path:
-    """Path of ``<local_data_folder>/<code>/<raw_file>``, downloading and unpacking it if needed."""
+    """Path of ``<local_data_folder>/<code>/<raw_file>``, downloading and unpacking it if needed.
+    One process at a time fetches or unpacks (the raw folder's lock); others wait for it, then use
+    what it left (a ready folder is used without the lock, so a read-only one is fine)."""
     folder = Path(local_data_folder) / source.code
-    target = folder / source.raw_file
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, but the raw data of {source.code} go into a folder of that name; "
                         f"move it away")
+    found = _ready(folder, source)
+    if found is not None:
+        return found
+    lock = FolderLock(folder, "it is downloading or unpacking this dataset")
+    lock.acquire(wait=True, on_wait=lambda message: print(f"esapr: {message}", file=sys.stderr))
+    try:
+        return _ready(folder, source) or _fetch_raw(folder, source, url)
+    finally:
+        lock.release()      # the folder goes again if only the lock was put there (a failed download)
+
+
+def _ready(folder: Path, source: DatasetSource) -> Path | None:
+    """The ratings file when the raw folder holds it and no broken leftover casts doubt on it."""
+    target = folder / source.raw_file
     broken, valid = _inspect_leftovers(folder, source)
     if target.is_file() and not broken:
         return target
@@ -68,17 +85,18 @@ def ensure_raw(source: DatasetSource, local_data_folder: Path, url: str | None =
     if not target.exists() and nested.is_file() and not broken and not valid:
         print(f"esapr: using {nested} (found one folder further down than {target})", file=sys.stderr)
         return nested
+    return None
+
+
+def _fetch_raw(folder: Path, source: DatasetSource, url: str | None) -> Path:
+    """Unpack an archive placed by hand, or download (and unpack); the caller holds the folder's lock."""
+    target = folder / source.raw_file
+    broken, valid = _inspect_leftovers(folder, source)
     notes = _describe(broken, target)
     if valid:                               # an archive placed by hand: unpack it, no download
         _unpack(valid[0], source, folder)
     else:
-        created = missing_folders(folder)
-        try:
-            _download_verified(source, folder, url or source.url, default=(url is None or url == source.url),
-                               notes=notes)
-        except BaseException:
-            remove_empty(created)           # leave no empty folders behind a failed download
-            raise
+        _download_verified(source, folder, url or source.url, default=(url is None or url == source.url), notes=notes)
     for path in broken:                     # superseded by a good archive: the broken leftovers go
         path.unlink(missing_ok=True)
     if broken:
@@ -336,7 +354,7 @@ def _verify(source: DatasetSource, part: Path, got: int, md5: str, default: bool
 def _unpack(archive_path: Path, source: DatasetSource, folder: Path) -> None:
     """Extract the archive's top folder into ``folder``; the ratings file is moved in last."""
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".unpack-*"):        # left by an unpack that was killed
+    for stale in folder.glob(".unpack-*"):        # left by an unpack that was killed (the lock is ours)
         shutil.rmtree(stale, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=folder))
     try:

@@ -274,16 +274,28 @@ def _text_encoding(path: Path) -> str:
 
 
 def _is_utf8(path: Path) -> bool:
-    """Whether the whole file decodes as UTF-8 (read in blocks, so memory stays small)."""
+    """Whether the whole file decodes as UTF-8 (read in blocks, so memory stays small). A byte no
+    text holds deeper in the file (a NUL inside an id) is refused, naming its line: it would be
+    read as part of a value."""
     decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, lines = True, 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            control = _CONTROL.search(block)
+            if control:
+                line = lines + block.count(b"\n", 0, control.start()) + 1
+                raise _fail(path, f"line {line} holds the byte {control.group()!r}, which no text holds (a damaged "
+                                  f"or binary file)", _USER_FIX)
+            lines += block.count(b"\n")
+            if utf8:
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError:
+                    utf8 = False
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                decoder.decode(block)
-        decoder.decode(b"", final=True)
+        return utf8 and decoder.decode(b"", final=True) == ""
     except UnicodeDecodeError:
         return False
-    return True
 
 
 def _split_header(line: str) -> tuple[list[str], str | None]:

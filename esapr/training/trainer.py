@@ -369,9 +369,7 @@ def train(config: Config, data: PreparedData | None = None, progress: Progress |
             if isinstance(error, KeyboardInterrupt):
                 raise Interrupted(_interrupted_message(experiment)) from None
             if isinstance(error, BrokenPipeError):      # ``esapr train ... | head``: the reader went away
-                interrupted = Interrupted(f"its output was closed; {_interrupted_message(experiment)}")
-                interrupted.closed_output = True
-                raise interrupted from None
+                raise Interrupted(f"its output was closed; {_interrupted_message(experiment)}") from None
             raise
 
 
