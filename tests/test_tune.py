@@ -313,3 +313,21 @@ def test_two_local_workers_share_a_study_of_twelve_trials(tmp_path, data_file):
     assert len(done) == 12 and len({t.user_attrs["folder"] for t in done}) == 12
     assert len({t.user_attrs["worker"] for t in done}) == 2
     assert sorted(p.name for p in folder.glob("trial_*")) == sorted(t.user_attrs["folder"] for t in done)
+
+
+def test_a_study_made_with_one_attribute_per_setting_is_continued_and_checked(data_file, tmp_path):
+    """Studies of the version before keep each setting as its own attribute; they are read as
+    such (continued with the same settings, refused with another)."""
+    options = dict(progress=False, say=lambda line: None, experiment_root=str(tmp_path / "runs"),
+                   **ease_options(data_file))
+    made = f"sqlite:///{tmp_path / 'made.db'}"
+    esapr.tune([EASE], trials=1, storage=made, **options)
+    settings = optuna.load_study(study_name=f"{EASE}@ratings", storage=made).user_attrs["settings"]
+    older = f"sqlite:///{tmp_path / 'older.db'}"
+    study = optuna.create_study(storage=older, study_name=f"{EASE}@ratings", direction="maximize")
+    for key, value in settings.items():
+        study.set_user_attr(key, value)
+    esapr.tune([EASE], trials=1, storage=older, **options)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
+    with pytest.raises(UserError, match=r"other settings: sampler \(saved 'tpe', now 'random'\)"):
+        esapr.tune([EASE], trials=1, storage=older, sampler="random", **options)

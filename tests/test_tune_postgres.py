@@ -97,4 +97,5 @@ def test_two_machines_share_a_study_through_postgresql(postgres_url, tmp_path, d
                for machine in ("a", "b")}
     assert sorted(folders["a"] + folders["b"]) == sorted(t.user_attrs["folder"] for t in done)
     assert folders["a"] and folders["b"]        # both machines trained
-    assert study.user_attrs["template"] == VAE and study.user_attrs["budget"] == {"trials": 6, "hours": None}
+    settings = study.user_attrs["settings"]        # one attribute: a worker sees all of them or none
+    assert settings["template"] == VAE and settings["budget"] == {"trials": 6, "hours": None}

@@ -110,10 +110,10 @@ def open_study(search: Search, pruner: optuna.pruners.BasePruner) -> optuna.Stud
     storage = open_storage(search)
     study = optuna.create_study(storage=storage, study_name=search.study_name, direction="maximize",
                                 pruner=pruner, load_if_exists=True)
-    saved = study.user_attrs
-    if not saved:
-        for key, value in search.settings.items():
-            study.set_user_attr(key, value)
+    attrs = study.user_attrs
+    saved = attrs.get("settings", attrs)      # a study made by an earlier version: one attribute per setting
+    if not saved:       # one write: a worker opening the study meanwhile sees every setting or none
+        study.set_user_attr("settings", search.settings)
         return study
     where = f"the study {search.study_name} ({safe_url(search.storage) if search.storage else search.folder})"
     now = search.settings
@@ -133,7 +133,7 @@ def open_study(search: Search, pruner: optuna.pruners.BasePruner) -> optuna.Stud
         raise UserError(f"{where} has a budget of {before.describe()}, now {budget.describe()}; a budget can be "
                         f"raised, not lowered")
     if budget != before:
-        study.set_user_attr("budget", asdict(budget))
+        study.set_user_attr("settings", {**saved, "budget": asdict(budget)})
     return study
 
 
