@@ -139,8 +139,8 @@ def plot_pareto(comparison, png=None, metric: str | None = None):
 
 def _label_points(fig, ax, protocol: str, frame: pd.DataFrame, low: float) -> None:
     """Each point's model name beside it, from the highest point down: to its right, else to its
-    left, else below on the right, so that it covers no other label and no marker; a label moved
-    below is joined to its point by a thin line."""
+    left, else below (then above) on either side, so that it stays inside the panel and covers no
+    other label and no marker; a label moved off its point's height is joined to it by a thin line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.transforms import Bbox
 
@@ -150,6 +150,7 @@ def _label_points(fig, ax, protocol: str, frame: pd.DataFrame, low: float) -> No
     where = {r["model"]: (max(r["train_seconds"], low), r[f"{protocol}_mean"]) for r in rows}
     pixels = {model: ax.transData.transform(xy) for model, xy in where.items()}
     markers = {model: Bbox.from_extents(x - 6, y - 6, x + 6, y + 6) for model, (x, y) in pixels.items()}
+    panel = ax.get_window_extent(renderer)
     placed = []
     for row in sorted(rows, key=lambda r: -r[f"{protocol}_mean"]):
         model = row["model"]
@@ -160,13 +161,17 @@ def _label_points(fig, ax, protocol: str, frame: pd.DataFrame, low: float) -> No
         extent = text.get_window_extent(renderer)
         x, y = pixels[model]
         gap = 7 / points
-        tries = [(gap, 0.0, "left"), (-gap, 0.0, "right")] + [(gap, -k * (extent.height + 1), "left")
-                                                              for k in range(1, 40)]
+        shifts = [0.0] + [sign * k * (extent.height + 1) for k in range(1, 40) for sign in (-1, 1)]
+        tries = [(side, dy, ha) for dy in shifts for side, ha in ((gap, "left"), (-gap, "right"))]
         for dx, dy, ha in tries:
             x0 = x + dx if ha == "left" else x + dx - extent.width
             box = Bbox.from_extents(x0, y + dy - extent.height / 2, x0 + extent.width, y + dy + extent.height / 2)
-            if not any(box.overlaps(other) for other in obstacles):
+            if panel.contains(box.x0, box.y0) and panel.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(other) for other in obstacles):
                 break
+        else:
+            dx, dy, ha = tries[0]
+            box = Bbox.from_extents(x + dx, y - extent.height / 2, x + dx + extent.width, y + extent.height / 2)
         text.xyann = (dx * points, dy * points)
         text.set_ha(ha)
         if dy:
