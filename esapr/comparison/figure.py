@@ -122,6 +122,12 @@ def plot_comparison(comparison, png=None, metrics: Iterable[str] | None = None, 
     return fig
 
 
+def model_text(model: str, template: str) -> str:
+    """A Markdown table's model cell: 'EASE (`train_ease`)'; a label that already names its
+    template (two templates of one model) is not given it twice."""
+    return f"{model}" if model.endswith(f"({template})") else f"{model} (`{template}`)"
+
+
 def seeds_text(seeds: int, closed_form: bool) -> str:
     """A model's seed count: '5', or 'one fit for every seed (closed form)' where the model reads
     no seed and was fitted once."""

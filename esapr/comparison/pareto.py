@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from esapr.comparison.figure import seeds_text
+from esapr.comparison.figure import model_text, seeds_text
 from esapr.figures import save_figure, wrap
 from esapr.files import atomic_write_text, refuse_links
 from esapr.progress import seconds
@@ -68,7 +68,7 @@ def pareto_markdown(comparison, frame: pd.DataFrame, digits: int = 4) -> str:
             bold = "**" if row[f"{protocol}_front"] else ""
             cells.append(f"{bold}{mean:.{digits}f}{bold} [{row[f'{protocol}_ci_low']:.{digits}f}, "
                          f"{row[f'{protocol}_ci_high']:.{digits}f}]" if math.isfinite(mean) else "-")
-        lines.append(f"| {row['model']} (`{row['template']}`) | {seeds_text(row['seeds'], row['closed_form'])} | "
+        lines.append(f"| {model_text(row['model'], row['template'])} | {seeds_text(row['seeds'], row['closed_form'])} | "
                      f"{seconds(row['train_seconds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", f"Bold: on the Pareto front of that protocol (no model trains faster to a higher "
                                   f"mean {metric})."]) + "\n"

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from esapr.comparison.figure import epochs_text, plot_comparison, seeds_text
+from esapr.comparison.figure import epochs_text, model_text, plot_comparison, seeds_text
 from esapr.comparison.plan import CLI, Names, Run, count
 from esapr.comparison.pool import RunOutcome
 from esapr.comparison.stats import ALPHA, N_BOOTSTRAP, bootstrap_intervals, compare_models
@@ -121,7 +121,7 @@ class Comparison:
                     cells.append(f"{bold}{_mean_std(row, digits)}{bold} [{row['ci_low']:.3f}, "
                                  f"{row['ci_high']:.3f}]{tag}")
             capped = f", {model.capped} capped" if model.capped else ""
-            lines.append(f"| {model.model} (`{model.template}`) | {seeds_text(model.seeds, model.closed_form)} | "
+            lines.append(f"| {model_text(model.model, model.template)} | {seeds_text(model.seeds, model.closed_form)} | "
                          + " | ".join(cells) + f" | {epochs_text(model, compact=False)}{capped} | "
                          f"{seconds(model.train_seconds)} |")
         if self.left_out:
