@@ -1,5 +1,5 @@
 """esapr tune on tiny presets and synthetic data: a study of a trained family (VAE_net) and of a
-closed-form one (EASE) trains, prunes, scores validation only, writes its report and a best.yaml
+closed-form one (EASE, never pruned: its one step is its whole fit) trains, scores validation only, writes its report and a best.yaml
 that ``esapr train`` reproduces exactly; a study continues, refuses changed settings, survives a
 killed worker and a killed command; workers share a study without training a trial twice;
 ``esapr compare --tuned`` takes the best settings; the CLI's refusals are one line."""
@@ -331,3 +331,13 @@ def test_a_study_made_with_one_attribute_per_setting_is_continued_and_checked(da
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 1
     with pytest.raises(UserError, match=r"other settings: sampler \(saved 'tpe', now 'random'\)"):
         esapr.tune([EASE], trials=1, storage=older, sampler="random", **options)
+
+
+@pytest.mark.slow
+def test_a_closed_form_trial_is_never_pruned(data_file, tmp_path):
+    """Its one step is its whole fit: a pruner that judges from the first step leaves it complete."""
+    options = {**ease_options(data_file), "experiment_root": str(tmp_path)}
+    esapr.tune([EASE], trials=8, progress=False, say=lambda line: None, seed=3,
+               pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0), **options)
+    study = study_of(tmp_path / "ratings" / "tune" / EASE)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8

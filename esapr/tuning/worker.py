@@ -60,9 +60,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, progress
             trial.report(value, epoch)
             reported.add(epoch)
 
+    trained = family(search.code).trained   # a closed-form trial is whole at its one step: never pruned
+
     def on_validation(epoch: int, metrics: dict) -> str | None:
         report(epoch, metrics[search.metric])
-        return f"pruned by the search at epoch {epoch}" if trial.should_prune() else None
+        return f"pruned by the search at epoch {epoch}" if trained and trial.should_prune() else None
 
     try:
         plan = plan_run(trial_config(search, params, folder), hint="delete the trial's folder to train it again")
