@@ -272,9 +272,6 @@ def config_differences(saved: dict, config: Config, ignore: frozenset = frozense
     return differences
 
 
-# options added with a default that does what runs saved before them did: their absence is no doubt
-DEFAULT_AS_BEFORE = frozenset({"stage_patience", "stop_at_idle_stage", "recent_items", "transition_weight",
-                               "transition_lambda", "prefix_decay"})
 _told_assumed: set[str] = set()
 
 
@@ -285,8 +282,8 @@ def warn_assumed_defaults(saved: dict, config: Config, where, given: frozenset[s
     run's data fingerprint where it has one."""
     code = config.run.model_code
     data = {f.name for f in fields(DataOptions)} if "data_fingerprint" in saved else set()
-    assumed = {name: default_of(_field(code, name)) for name in config.identity()
-               if name not in saved and name not in DEFAULT_AS_BEFORE | data | given}
+    missing = [_field(code, name) for name in config.identity() if name not in saved and name not in data | given]
+    assumed = {f.name: default_of(f) for f in missing if not f.metadata["default_as_before"]}
     if not assumed or str(where) in _told_assumed:
         return
     _told_assumed.add(str(where))

@@ -19,14 +19,16 @@ class EsaprPlusOptions(VaeOptions):
                                  valid=PROBABILITY)
     recent_items: int = option(0, "the most recent bag items that also enter the encoder through embeddings "
                                   "of their own position (0: the bag alone; each position is an items x hidden table)",
-                               valid=Range(0, 32))
+                               valid=Range(0, 32), default_as_before=True)
     transition_weight: float = option(0.0, "weight of the standardised item -> next-item scores of the last item "
-                                           "added to the scores (0: none)", valid=AT_LEAST_0)
+                                           "added to the scores (0: none)", valid=AT_LEAST_0,
+                                      default_as_before=True)
     transition_lambda: float = option(10.0, "the transition term's regulariser: T[i, j] = count(i then j) / "
-                                            "(count(i then any) + lambda)", valid=POSITIVE)
+                                            "(count(i then any) + lambda)", valid=POSITIVE,
+                                      default_as_before=True)
     prefix_decay: float = option(0.0, "training windows end d items early, drawn every epoch with P(d) "
                                       "proportional to prefix_decay**d (0: at the history's end, as ESAPR)",
-                                 valid=FRACTION)
+                                 valid=FRACTION, default_as_before=True)
 
 
 def check_plus(options: EsaprPlusOptions) -> None:

@@ -21,9 +21,11 @@ class VaeOptions(WindowOptions, RecencyWeights):
     decrease_dropout: bool = option(False, "scale input dropout by recover_len/max_len after transfers")
     best_model_transfer: bool = option(True, "reload the best weights at each transfer")
     stage_patience: int = option(0, "epochs without improvement that end a transfer stage (0: "
-                                    "saturation_wait_epochs, as the original)", valid=AT_LEAST_0)
+                                    "saturation_wait_epochs, as the original)", valid=AT_LEAST_0,
+                                 default_as_before=True)
     stop_at_idle_stage: bool = option(False, "end the run when a stage ends without raising the best validation "
-                                             "metric (false: go on down to recover_len 1, as the original)")
+                                             "metric (false: go on down to recover_len 1, as the original)",
+                                      default_as_before=True)
     normalize_type: str = option("f", "input normalisation: f (L2) or batch (BatchNorm)", ("f", "batch"))
     encode_len: int = option(128, "latent size", valid=SIZE)
     encoder_hidden_layer: list[int] = option([512], "encoder hidden sizes", valid=SIZE)

@@ -60,12 +60,14 @@ FRACTION, PROBABILITY = Range(0, 1, high_open=True), Range(0, 1)
 
 
 def option(default, help: str, choices: tuple | None = None, valid: Range | None = None, identity: bool = True,
-           path: bool = False):
+           path: bool = False, default_as_before: bool = False):
     """A field of an options dataclass. ``identity=False``: the option does not change what a run
     computes (where it is saved, how it is shown or evaluated), so a saved run is the same run
     whatever its value. ``path``: a file or folder name, which may hold any bytes the file system
-    allows; other text must be valid text (UTF-8)."""
-    metadata = {"help": help, "choices": choices, "valid": valid, "identity": identity, "path": path}
+    allows; other text must be valid text (UTF-8). ``default_as_before``: added after runs were
+    saved without it, with a default that does what they did, so reading them with it is no doubt."""
+    metadata = {"help": help, "choices": choices, "valid": valid, "identity": identity, "path": path,
+                "default_as_before": default_as_before}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
