@@ -84,10 +84,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
              "quiet": "print only the table"}, None),
     Command("tune", "esapr.commands:cmd_tune",
             "search each template's hyper-parameters with Optuna on validation, the same budget for each",
-            "esapr tune --templates T [T ...] (--trials N | --hours H) [--jobs N] [--storage URL] [--space FILE] "
+            "esapr tune --templates T [T ...] --trials N and/or --hours H [--jobs N] [--storage URL] [--space FILE] "
             "[--sampler tpe|random] [--option value ...]",
             {"trials": "budget per template: this many complete or pruned trials",
-             "hours": "budget per template: this many hours of training (checked before each trial starts)",
+             "hours": "budget per template: this many hours of training (checked before each trial starts); with "
+                      "--trials, whichever comes first",
              "jobs": "worker processes, each with cores/N threads (default 1); machines running the same command "
                      "on one --storage share the work",
              "storage": "a database URL (postgresql://user@host/db, sqlite:///file.db) or a journal file (default "

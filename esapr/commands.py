@@ -219,7 +219,7 @@ def _say(*words) -> None:
 
 
 def cmd_tune(argv: list[str]) -> int:
-    """esapr tune --templates T ... (--trials N | --hours H) [--jobs N] [--storage URL] [--space FILE] ..."""
+    """esapr tune --templates T ... --trials N and/or --hours H [--jobs N] [--storage URL] [--space FILE] ..."""
     overrides, flags = parse_options(argv, extra=("trials", "hours", "jobs", "storage", "space", "sampler", "seed",
                                                   "quiet"))
     templates = overrides.pop("templates", None)

@@ -49,8 +49,9 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def assert_every_trial_accounted_for(folder: Path, budget: int) -> optuna.Study:
-    """``budget`` counted trials, each in its own folder, every folder finished and belonging to
-    exactly one counted trial; nothing left running or queued."""
+    """``budget`` counted trials, each in its own folder, every folder finished (its best weights
+    kept, its resume checkpoint dropped) and belonging to exactly one counted trial; nothing left
+    running or queued."""
     study = study_of(folder)
     done = counted(study)
     assert len(done) == budget
@@ -59,6 +60,8 @@ def assert_every_trial_accounted_for(folder: Path, budget: int) -> optuna.Study:
     assert sorted(p.name for p in folder.glob("trial_*")) == sorted(folders)
     for name in folders:
         assert (folder / name / "status").read_text().strip() == "finished", name
+        assert (folder / name / "models" / "best_model.pth").is_file(), name
+        assert not (folder / name / "models" / "recent_checkpoint.pth").exists(), name
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     return study
 
@@ -190,6 +193,18 @@ def test_a_closed_form_study_fits_a_grid_of_one_setting_and_compare_takes_it(tmp
     assert tuned["ease_lambdas"] == [report.best_params["ease_lambdas"]]
 
 
+def test_trials_and_hours_together_end_the_study_at_whichever_comes_first(tmp_path, data_file):
+    options = {**ease_options(data_file), "progress": False, "say": lambda line: None}
+    trials_first = esapr.tune([EASE], trials=3, hours=100, experiment_root=str(tmp_path / "a"), **options)[EASE]
+    assert trials_first.budget == "3 trials or 100 h of training, whichever comes first"
+    assert trials_first.counts["complete"] == 3
+    with pytest.raises(UserError, match=r"budget of 3 trials or 100 h of training, whichever comes first, now 3 "
+                                        r"trials; continue it with the same kind of budget"):
+        esapr.tune([EASE], trials=3, experiment_root=str(tmp_path / "a"), **options)
+    hours_first = esapr.tune([EASE], trials=3, hours=1e-9, experiment_root=str(tmp_path / "b"), **options)[EASE]
+    assert hours_first.counts["complete"] == 1      # the hours are checked before each trial
+
+
 @pytest.mark.slow
 def test_an_hours_budget_starts_no_trial_once_the_hours_are_spent(tmp_path, data_file):
     lines = []
@@ -203,8 +218,8 @@ def test_an_hours_budget_starts_no_trial_once_the_hours_are_spent(tmp_path, data
 
 # --- the command line --------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,message", [
-    ([], "tune needs one budget per template: --trials 20 (complete or pruned trials) or --hours 2"),
-    (["--trials", "2", "--hours", "1"], "tune needs one budget per template"),
+    ([], "tune needs a budget per template: --trials 20 (complete or pruned trials), --hours 2 (of training) or "
+         "both (whichever comes first)"),
     (["--trials", "0"], "--trials expects a whole number >= 1, got '0'"),
     (["--hours", "-1"], "--hours expects a number of hours above 0"),
     (["--trials", "2", "--sampler", "grid"], "--sampler is 'grid'; choose tpe or random"),

@@ -6,7 +6,7 @@ ordinary experiment folder ``trial_<k>`` (locks, resume, fingerprints, ``evaluat
 the test split is never scored during a search), each epoch reported to the pruner. The space is
 the family's ``SPACE`` (``esapr/families/``), changed by ``--space FILE``, less the options given,
 which are fixed. The budget, ``trials`` (complete + pruned) or ``hours`` of training, is per
-template and the same for every template of one call, so a call over several templates is a fair
+template (both: whichever comes first) and the same for every template of one call, so a call over several templates is a fair
 search by construction. Sampling is TPE by default, each trial's sampler seeded with (seed, trial
 number).
 
@@ -129,18 +129,21 @@ def run_tune(names: Names, templates: Sequence[str] | str, trials: Any = None, h
 
 
 def _budget(trials: Any, hours: Any, names: Names) -> Budget:
-    if (trials is None) == (hours is None):
-        raise UserError(f"tune needs one budget per template: {names.set('trials', 20)} (complete or pruned trials) "
-                        f"or {names.set('hours', 2)} (of training)")
-    if trials is not None:
-        return Budget(trials=_whole(trials, "trials", 1, names))
+    if trials is None and hours is None:
+        raise UserError(f"tune needs a budget per template: {names.set('trials', 20)} (complete or pruned trials), "
+                        f"{names.set('hours', 2)} (of training) or both (whichever comes first)")
+    return Budget(trials=None if trials is None else _whole(trials, "trials", 1, names),
+                  hours=None if hours is None else _hours(hours, names))
+
+
+def _hours(hours: Any, names: Names) -> float:
     try:
         value = float(hours)
     except (TypeError, ValueError):
         value = math.nan
     if isinstance(hours, bool) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{names.arg('hours')} expects a number of hours above 0, got {short(hours)}")
-    return Budget(hours=value)
+    return value
 
 
 def _whole(value: Any, name: str, least: int, names: Names) -> int:

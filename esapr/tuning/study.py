@@ -50,13 +50,17 @@ STUDY_FILE = "study.log"
 
 @dataclass
 class Budget:
-    """Per template: ``trials`` complete or pruned trials, or ``hours`` of training (summed over
-    trials; checked before each trial starts, so the last one may run past it)."""
+    """Per template: ``trials`` complete or pruned trials, ``hours`` of training (summed over
+    trials; checked before each trial starts, so the last one may run past it), or both, ending at
+    whichever comes first (an hours budget alone gives a closed-form fit of a second thousands of
+    trials)."""
     trials: int | None = None
     hours: float | None = None
 
     def describe(self) -> str:
-        return f"{self.trials} trials" if self.trials is not None else f"{self.hours:g} h of training"
+        parts = ([f"{self.trials} trials"] if self.trials is not None else []) + \
+                ([f"{self.hours:g} h of training"] if self.hours is not None else [])
+        return " or ".join(parts) + (", whichever comes first" if len(parts) == 2 else "")
 
 
 @dataclass
@@ -126,10 +130,10 @@ def open_study(search: Search, pruner: optuna.pruners.BasePruner) -> optuna.Stud
         raise UserError(f"{where} was made with another search space: {'; '.join(changed)}; use the study's "
                         f"space, or another --experiment_group")
     before, budget = Budget(**saved["budget"]), search.budget
-    if (before.trials is None) != (budget.trials is None):
+    if (before.trials is None, before.hours is None) != (budget.trials is None, budget.hours is None):
         raise UserError(f"{where} has a budget of {before.describe()}, now {budget.describe()}; continue it with "
                         f"the same kind of budget")
-    if (budget.trials or budget.hours) < (before.trials or before.hours):
+    if (budget.trials or 0) < (before.trials or 0) or (budget.hours or 0) < (before.hours or 0):
         raise UserError(f"{where} has a budget of {before.describe()}, now {budget.describe()}; a budget can be "
                         f"raised, not lowered")
     if budget != before:
@@ -252,7 +256,8 @@ def spent(study: optuna.Study) -> tuple[int, float]:
 
 def budget_left(study: optuna.Study, budget: Budget) -> bool:
     counted, seconds = spent(study)
-    return counted < budget.trials if budget.trials is not None else seconds < budget.hours * 3600
+    return ((budget.trials is None or counted < budget.trials)
+            and (budget.hours is None or seconds < budget.hours * 3600))
 
 
 def surplus(study: optuna.Study, trial: optuna.Trial, budget: Budget) -> bool:

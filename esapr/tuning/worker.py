@@ -87,6 +87,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, search: Search, progress
         _tell(study, trial, state=TrialState.FAIL)
         say(f"trial {trial.number} ({folder}) failed: {note}")
         return "failed"
+    # An ended trial is never resumed, and hundreds of checkpoints would fill a disk; its best weights stay.
+    experiment.recent_checkpoint.unlink(missing_ok=True)
     trial.set_user_attr("train_seconds", float(results["train_seconds"]))
     trial.set_user_attr("epochs", int(results["epochs"]))
     if results.get("stop_reason"):
