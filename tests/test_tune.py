@@ -18,6 +18,9 @@ from optuna.trial import TrialState
 import esapr
 from esapr.cli import main
 from esapr.errors import UserError
+from esapr.config import build_config
+from esapr.families.base import Choice, Floats, Ints
+from esapr.tuning.space import search_spaces, start_values
 from esapr.tuning.study import dead
 from tests.conftest import as_args, start_cli, tiny
 
@@ -89,7 +92,7 @@ def vae_study(tmp_path_factory, data_file):
 
 
 @pytest.mark.slow
-def test_a_study_trains_prunes_and_never_scores_the_test_split(vae_study):
+def test_a_study_trains_prunes_and_never_scores_the_test_split(vae_study, data_file):
     report, root, splits, lines = vae_study
     folder = root / "ratings" / "tune" / VAE
     assert report.folder == folder and report.budget == "6 trials"
@@ -105,6 +108,12 @@ def test_a_study_trains_prunes_and_never_scores_the_test_split(vae_study):
         assert ("stop_reason" in results) == (trial.state == TrialState.PRUNED)
         assert trial.intermediate_values == {int(r["epoch"]): pytest.approx(r["NDCG@10"]) for r in
                                              pd.read_csv(run / "tables" / "val_log.csv").to_dict("records")}
+    first = study.trials[0]     # the template's own values, where the space can draw them
+    space = search_spaces([VAE], vae_options(data_file))[VAE]
+    assert first.user_attrs["template_values"] is True
+    start = start_values(space, build_config([VAE], vae_options(data_file)).values())
+    assert {"lr", "dropout", "anneal_cap", "weight_type"} <= set(start) and set(first.params) == set(space)
+    assert {name: first.params[name] for name in start} == start       # the rest drawn by the sampler
     table = pd.read_csv(folder / "trials.csv")
     assert list(table["trial"]) == list(range(6))
     assert table["state"].value_counts().to_dict() == {k: v for k, v in report.counts.items() if v}
@@ -167,6 +176,15 @@ def test_running_again_continues_the_study_and_a_raised_budget_extends_it(vae_st
     more = esapr.tune([VAE], trials=8, **options)[VAE]
     assert more.counts["complete"] + more.counts["pruned"] == 8 and more.budget == "8 trials"
     assert_every_trial_accounted_for(report.folder, 8)
+
+
+def test_a_study_starts_from_the_values_its_space_can_draw():
+    space = {"lr": Floats(1e-4, 1e-2, log=True), "weight_decay": Floats(1e-8, 1e-3, log=True),
+             "hidden_units": Choice(32, 64), "max_len": Ints(10, 50), "stop": Choice(True, False),
+             "ease_lambdas": Floats(1.0, 1000.0)}
+    values = {"lr": 0.001, "weight_decay": 0.0, "hidden_units": 128, "max_len": [20], "stop": 1,
+              "ease_lambdas": [10.0, 100.0]}
+    assert start_values(space, values) == {"lr": 0.001, "max_len": 20}     # 0.0, 128, 1 and a grid cannot be drawn
 
 
 # --- a closed-form family, and compare --tuned ------------------------------------------------------

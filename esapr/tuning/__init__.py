@@ -7,8 +7,9 @@ the test split is never scored during a search), each epoch reported to the prun
 the family's ``SPACE`` (``esapr/families/``), changed by ``--space FILE``, less the options given,
 which are fixed. The budget, ``trials`` (complete + pruned) or ``hours`` of training, is per
 template (both: whichever comes first) and the same for every template of one call, so a call over several templates is a fair
-search by construction. Sampling is TPE by default, each trial's sampler seeded with (seed, trial
-number).
+search by construction. A new study's first trial is the template's own values (those the space
+can draw), so a search starts from the papers' settings. Sampling is TPE by default, each trial's
+sampler seeded with (seed, trial number).
 
 The pruner is Optuna's ``MedianPruner`` (5 startup trials; no pruning during the first
 ``saturation_wait_epochs`` epochs, the template's patience): a trial whose best validation so far
@@ -46,7 +47,7 @@ from esapr.config import ALL_OPTIONS, RESUME_DATA, build_config, owners, readers
 from esapr.errors import UserError
 from esapr.options.spec import short
 from esapr.tuning.report import StudyReport, write_report
-from esapr.tuning.space import model_code, search_spaces, to_json
+from esapr.tuning.space import model_code, search_spaces, start_values, to_json
 from esapr.progress import seconds
 from esapr.tuning.study import Budget, Search, budget_left, open_study, quiet_optuna, safe_url, spent
 from esapr.tuning.worker import work
@@ -171,7 +172,7 @@ def _search(template: str, overrides: dict[str, Any], space: dict, budget: Budge
     warmup = config.training.saturation_wait_epochs if config.training is not None else 0
     return Search(template, code, given, to_json(space), budget, str(folder), storage,
                   f"{PurePath(template).stem}@{config.run.experiment_group}", config.evaluation.best_metric,
-                  sampler, seed, warmup, settings)
+                  sampler, seed, warmup, settings, start_values(space, config.values()))
 
 
 def _default_pruner(search: Search):

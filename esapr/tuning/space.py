@@ -180,6 +180,27 @@ def suggest(trial, space: Space) -> dict[str, Any]:
     return {name: trial.params[name] for name in space}
 
 
+def start_values(space: Space, values: dict[str, Any]) -> dict[str, Any]:
+    """The run's value of each searched option that the space can draw (a list of one value as
+    that value; a grid, or a value outside a range, is left to the sampler): a new study's first
+    trial, so a search starts from the template's settings, the papers' choices."""
+    start = {}
+    for name, entry in space.items():
+        value = values.get(name)
+        if isinstance(value, (list, tuple)):
+            if len(value) != 1:
+                continue
+            value = value[0]
+        if isinstance(entry, Choice):
+            drawable = any(type(value) is type(choice) and value == choice for choice in entry.values)
+        else:
+            kinds = (int,) if isinstance(entry, Ints) else (int, float)
+            drawable = isinstance(value, kinds) and not isinstance(value, bool) and entry.low <= value <= entry.high
+        if drawable:
+            start[name] = value
+    return start
+
+
 def as_options(code: str, params: dict[str, Any]) -> dict[str, Any]:
     """Drawn values as run options: a list option gets a list of its one value."""
     return {name: coerce(option_class(code, name), name, value) for name, value in params.items()}

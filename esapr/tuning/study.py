@@ -79,6 +79,7 @@ class Search:
     seed: int = 0
     warmup: int = 0                 # epochs before the default pruner judges a trial (the template's patience)
     settings: dict[str, Any] = field(default_factory=dict)      # saved with the study; compared when continued
+    start: dict[str, Any] = field(default_factory=dict)         # a new study's first trial: the template's values
 
 
 def safe_url(url: str) -> str:
@@ -118,6 +119,8 @@ def open_study(search: Search, pruner: optuna.pruners.BasePruner) -> optuna.Stud
     saved = attrs.get("settings", attrs)      # a study made by an earlier version: one attribute per setting
     if not saved:       # one write: a worker opening the study meanwhile sees every setting or none
         study.set_user_attr("settings", search.settings)
+        if search.start:
+            study.enqueue_trial(search.start, user_attrs={"template_values": True}, skip_if_exists=True)
         return study
     where = f"the study {search.study_name} ({safe_url(search.storage) if search.storage else search.folder})"
     now = search.settings
