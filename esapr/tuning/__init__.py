@@ -5,9 +5,9 @@ ordinary experiment folder ``trial_<k>`` (locks, resume, fingerprints, ``evaluat
 ``recommend`` work on it) trained by the normal trainer, scored on validation (``best_metric``;
 the test split is never scored during a search), each epoch reported to the pruner. The space is
 the family's ``SPACE`` (``esapr/families/``), changed by ``--space FILE``, less the options given,
-which are fixed. The budget, ``trials`` (complete + pruned) or ``hours`` of training, is per
-template (both: whichever comes first) and the same for every template of one call, so a call over several templates is a fair
-search by construction. A new study's first trial is the template's own values (those the space
+which are fixed. The budget, ``trials`` (complete + pruned), ``hours`` of training or both
+(whichever comes first), is per template and the same for every template of one call, so a call
+over several templates is a fair search by construction. A new study's first trial is the template's own values (those the space
 can draw), so a search starts from the papers' settings. Sampling is TPE by default, each trial's
 sampler seeded with (seed, trial number).
 
