@@ -7,9 +7,9 @@ the test split is never scored during a search), each epoch reported to the prun
 the family's ``SPACE`` (``esapr/families/``), changed by ``--space FILE``, less the options given,
 which are fixed. The budget, ``trials`` (complete + pruned), ``hours`` of training or both
 (whichever comes first), is per template and the same for every template of one call, so a call
-over several templates is a fair search by construction. A new study's first trial is the template's own values (those the space
-can draw), so a search starts from the papers' settings. Sampling is TPE by default, each trial's
-sampler seeded with (seed, trial number).
+over several templates is a fair search by construction. A new study's first trial is the
+template's own values (those the space can draw), so a search starts from the papers' settings.
+Sampling is TPE by default, each trial's sampler seeded with (seed, trial number).
 
 The pruner is Optuna's ``MedianPruner`` (5 startup trials; no pruning during the first
 ``saturation_wait_epochs`` epochs, the template's patience): a trial whose best validation so far
