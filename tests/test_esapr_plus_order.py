@@ -52,8 +52,10 @@ def test_default_options_train_todays_esapr_plus_to_the_last_digit(tmp_path, dat
     assert {name: results["test"][name] for name in GOLDEN_TEST} == GOLDEN_TEST
     saved = torch.load(f"{results['experiment']}/models/best_model.pth", weights_only=True)["model"]
     assert set(saved) == set(GOLDEN_SUMS)                   # no new state: older runs load as before
+    # float32 kernels round differently on AVX2 and AVX-512 CPUs (4.8e-7 relative seen between two such
+    # machines); a changed draw or option moves these sums by far more
     assert {name: float(value.double().sum()) for name, value in saved.items()} == pytest.approx(GOLDEN_SUMS,
-                                                                                                  rel=1e-9)
+                                                                                                  rel=1e-5)
 
 
 @pytest.mark.parametrize("name,value,message", [
